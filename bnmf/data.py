@@ -1,0 +1,225 @@
+"""Validate and convert user input into one internal form.
+
+Every input error a user can make is raised here, before anything is traced by JAX, with a
+message that names the problem and the fix. The rest of bnmf trusts a :class:`Data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+__all__ = ["Data", "prepare", "check_rank"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """A validated data matrix, features × samples.
+
+    Attributes
+    ----------
+    values : ndarray of shape (n_features, n_samples), float64
+        The observations; unobserved entries hold 0 (they never enter a likelihood).
+    mask : ndarray of shape (n_features, n_samples), bool
+        True where the entry is observed.
+    feature_names, observation_names : pandas.Index
+        Labels from the input (DataFrame index/columns, AnnData names), else integers.
+    has_labels : bool
+        Whether the input carried labels, so outputs should be DataFrames.
+    is_counts : bool
+        Whether every observed value is a non-negative integer.
+    """
+
+    values: np.ndarray
+    mask: np.ndarray
+    feature_names: pd.Index
+    observation_names: pd.Index
+    has_labels: bool
+    is_counts: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    @property
+    def fully_observed(self) -> bool:
+        return bool(self.mask.all())
+
+    def observed_values(self) -> np.ndarray:
+        """The observed entries as a flat array."""
+        return self.values[self.mask]
+
+
+def _to_array_and_labels(X):
+    """Return (2-D float ndarray, feature labels or None, observation labels or None)."""
+    if type(X).__name__ == "AnnData":
+        # AnnData is cells × genes; bnmf works in features × samples.
+        mat = X.X
+        arr = mat.toarray() if sp.issparse(mat) else np.asarray(mat)
+        return arr.T.astype(np.float64), pd.Index(X.var_names), pd.Index(X.obs_names)
+    if isinstance(X, pd.DataFrame):
+        try:
+            arr = X.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                "X is a DataFrame with non-numeric columns; pass only the numeric matrix "
+                "(features as rows, samples as columns), e.g. X.select_dtypes('number')."
+            ) from err
+        return arr, X.index, X.columns
+    if sp.issparse(X):
+        # The foundation densifies sparse input; an O(nnz) path is on the roadmap.
+        return np.asarray(X.toarray(), dtype=np.float64), None, None
+    if isinstance(X, (str, bytes)) or not hasattr(X, "__array__") and not isinstance(X, list):
+        raise TypeError(
+            f"X must be a NumPy array, pandas DataFrame, SciPy sparse matrix or AnnData, "
+            f"got {type(X).__name__}. To read a file, use bnmf.io.read_matrix(path)."
+        )
+    arr = np.asarray(X)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise TypeError(f"X must hold numbers, got dtype {arr.dtype}.")
+    return arr.astype(np.float64), None, None
+
+
+def _first_position(flags: np.ndarray) -> tuple[int, int]:
+    i, j = np.argwhere(flags)[0]
+    return int(i), int(j)
+
+
+def _validate_mask(mask, shape) -> np.ndarray:
+    if isinstance(mask, pd.DataFrame):
+        mask = mask.to_numpy()
+    elif sp.issparse(mask):
+        mask = mask.toarray()
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(
+            f"mask has shape {mask.shape} but X has shape {shape}; the mask must have X's shape "
+            "(True = observed)."
+        )
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("mask must be boolean (True = observed) or 0/1.")
+        mask = mask.astype(bool)
+    return mask
+
+
+def prepare(X, mask=None, missing: str = "error", counts: bool = False,
+            scoring: bool = False) -> Data:
+    """Validate ``X`` (and ``mask``) and return a :class:`Data`.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_features, n_samples), DataFrame, SciPy sparse matrix or AnnData
+        Non-negative data, features as rows. AnnData (cells × genes) is transposed.
+    mask : array-like of bool, shape (n_features, n_samples), optional
+        True where an entry is observed. Unobserved entries may hold NaN.
+    missing : {"error", "mask"}
+        What NaN in ``X`` means without a mask: an error, or unobserved entries.
+    counts : bool
+        Whether the model needs non-negative integer counts.
+    scoring : bool
+        Data only to be scored (held-out entries), not fitted: a row or column may then be
+        entirely unobserved, and all observed values may be zero.
+
+    Raises
+    ------
+    TypeError
+        For input that is not a numeric matrix.
+    ValueError
+        For negative, NaN or infinite values, wrong shapes, empty input, a bad mask, or
+        non-integer values where ``counts`` is True.
+    """
+    if missing not in ("error", "mask"):
+        raise ValueError(f"missing must be 'error' or 'mask', got {missing!r}.")
+    arr, feature_names, observation_names = _to_array_and_labels(X)
+    has_labels = feature_names is not None
+    if arr.ndim != 2:
+        raise ValueError(
+            f"X must be 2-D (features × samples), got {arr.ndim}-D with shape {arr.shape}. "
+            "Reshape it, e.g. X.reshape(n_features, -1)."
+        )
+    if arr.size == 0 or min(arr.shape) == 0:
+        raise ValueError(f"X is empty (shape {arr.shape}); it needs at least one feature and sample.")
+
+    nan = np.isnan(arr)
+    if mask is None:
+        if nan.any() and missing == "error":
+            i, j = _first_position(nan)
+            raise ValueError(
+                f"X contains {int(nan.sum())} NaN values (first at feature {i}, observation {j}) "
+                "and no mask was given. Pass mask=~np.isnan(X), or missing='mask' to treat NaN "
+                "as unobserved."
+            )
+        mask_arr = ~nan
+    else:
+        mask_arr = _validate_mask(mask, arr.shape)
+        if (nan & mask_arr).any():
+            i, j = _first_position(nan & mask_arr)
+            raise ValueError(
+                f"X is NaN at feature {i}, observation {j} where the mask says observed; "
+                "set the mask to False there."
+            )
+    observed = np.where(mask_arr, arr, 0.0)
+    if np.isinf(observed).any():
+        i, j = _first_position(np.isinf(observed))
+        raise ValueError(
+            f"X contains infinite values (first at feature {i}, observation {j}); "
+            "bnmf needs finite data."
+        )
+    if (observed < 0).any():
+        i, j = _first_position(observed < 0)
+        raise ValueError(
+            f"X contains negative values (min {observed.min():g} at feature {i}, observation "
+            f"{j}); NMF needs non-negative data. Check the input (log-ratios, centred or "
+            "batch-corrected values are not allowed)."
+        )
+    empty_rows = np.flatnonzero(~mask_arr.any(axis=1))
+    if empty_rows.size and not scoring:
+        raise ValueError(
+            f"the mask hides every entry of feature {empty_rows[0]} "
+            f"({empty_rows.size} features in all); drop those features or observe some entries."
+        )
+    empty_cols = np.flatnonzero(~mask_arr.any(axis=0))
+    if empty_cols.size and not scoring:
+        raise ValueError(
+            f"the mask hides every entry of observation {empty_cols[0]} "
+            f"({empty_cols.size} observations in all); drop those observations or observe some "
+            "entries."
+        )
+    if not scoring and not (observed > 0).any():
+        raise ValueError("X has no positive observed entry; there is nothing to factorize.")
+    is_counts = bool(np.all(observed == np.round(observed)))
+    if counts and not is_counts:
+        i, j = _first_position(observed != np.round(observed))
+        raise ValueError(
+            f"X has non-integer values (e.g. {observed[i, j]:g} at feature {i}, observation {j}) "
+            "but the model needs counts. Use model='gaussian' for continuous data, or pass raw "
+            "counts rather than normalized ones."
+        )
+    if not has_labels:
+        feature_names = pd.RangeIndex(arr.shape[0], name="feature")
+        observation_names = pd.RangeIndex(arr.shape[1], name="observation")
+    return Data(
+        values=np.ascontiguousarray(observed),
+        mask=mask_arr,
+        feature_names=pd.Index(feature_names),
+        observation_names=pd.Index(observation_names),
+        has_labels=has_labels,
+        is_counts=is_counts,
+    )
+
+
+def check_rank(rank, shape: tuple[int, int]) -> int:
+    """Return ``rank`` as an int after checking 1 ≤ rank ≤ min(shape)."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise TypeError(f"rank must be an integer, got {type(rank).__name__} {rank!r}.")
+    limit = min(shape)
+    if rank < 1 or rank > limit:
+        raise ValueError(
+            f"rank={rank} is out of range for X of shape {shape}: it must be between 1 and "
+            f"min(n_features, n_samples) = {limit}."
+        )
+    return int(rank)

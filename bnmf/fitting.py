@@ -1,0 +1,121 @@
+"""``bnmf.fit``: validate, build the model, run inference, wrap the result in a :class:`Fit`."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .data import Data, check_rank, prepare
+from .inference import METHODS, Problem
+from .models import MODELS, get_model
+from .posterior import Fit, build_idata
+
+__all__ = ["fit", "fit_data", "DEFAULT_METHOD"]
+
+DEFAULT_METHOD = "svi"
+DTYPES = ("float32", "float64")
+
+
+def _split_options(model, options: dict):
+    """Split ``**options`` into model hyperparameters and inference options."""
+    if not isinstance(model, str):
+        return {}, options
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}.")
+    model_fields = {f.name for f in dataclasses.fields(MODELS[model])}
+    model_options = {k: v for k, v in options.items() if k in model_fields}
+    return model_options, {k: v for k, v in options.items() if k not in model_fields}
+
+
+def _check_inference_options(method: str, options: dict) -> None:
+    accepted = set(inspect.signature(METHODS[method]).parameters) - {"problem", "seed"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method={method!r}; it accepts {sorted(accepted)} "
+            "and the model's hyperparameters."
+        )
+
+
+def fit_data(data: Data, rank: int, model, method: str, seed: int = 0, dtype: str = "float32",
+             W_fixed=None, **options) -> Fit:
+    """Fit a validated :class:`~bnmf.data.Data` (the engine behind :func:`fit`).
+
+    ``model`` is a model object (unresolved); ``W_fixed`` (n_features, rank) keeps W fixed.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    _check_inference_options(method, options)
+    resolved = model.resolve(data, rank)
+    with jax.enable_x64(dtype == "float64"):
+        problem = Problem(
+            X=jnp.asarray(data.values, dtype=dtype),
+            mask=jnp.asarray(data.mask),
+            rank=rank,
+            model=resolved,
+            W_fixed=None if W_fixed is None else jnp.asarray(W_fixed, dtype=dtype),
+        )
+        raw = METHODS[method](problem, seed=int(seed), **options)
+    meta = {"model": resolved.name, "model_params": dataclasses.asdict(resolved),
+            "method": method, "seed": int(seed), "dtype": dtype}
+    return Fit(build_idata(raw, data, rank, meta))
+
+
+def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0, mask=None, *,
+        missing: str = "error", dtype: str = "float32", **options) -> Fit:
+    r"""Fit a Bayesian NMF ``X ≈ W H`` and return its posterior.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_features, n_samples), DataFrame, SciPy sparse matrix or AnnData
+        Non-negative data, features as rows (AnnData, cells × genes, is transposed). Labels of a
+        DataFrame or AnnData become the coordinates of the result.
+    rank : int
+        Number of components, 1 ≤ rank ≤ min(n_features, n_samples).
+    model : {"poisson", "gaussian", "horseshoe"} or a model object
+        ``"poisson"`` (:class:`~bnmf.models.PoissonGamma`, counts), ``"gaussian"``
+        (:class:`~bnmf.models.GaussianHalfNormal`), ``"horseshoe"``
+        (:class:`~bnmf.models.Horseshoe`, sparse parts; ``likelihood="poisson"|"gaussian"``).
+    method : {"map", "svi", "nuts"}, optional
+        Point estimate, variational posterior, or NUTS (small problems; the reference).
+        None means ``"svi"`` (mean-field log-normal guide started at the MAP).
+    seed : int
+        Same seed, same result.
+    mask : array-like of bool, shape like X, optional
+        True where observed; unobserved entries never enter the likelihood.
+    missing : {"error", "mask"}
+        With ``"mask"``, NaN in X marks unobserved entries.
+    dtype : {"float32", "float64"}
+    **options
+        Model hyperparameters (e.g. ``a=0.5`` for ``"poisson"``, ``likelihood="gaussian"`` for
+        ``"horseshoe"``) and options of the inference function (e.g. ``max_steps``,
+        ``num_draws``, ``guide="lowrank"`` for SVI; ``num_samples``, ``num_chains`` for NUTS;
+        ``max_iter``, ``init`` for all).
+
+    Returns
+    -------
+    Fit
+        ``fit.W`` (n_features, rank), ``fit.H`` (rank, n_samples), ``fit.idata``, ...
+
+    Examples
+    --------
+    >>> import numpy as np, bnmf
+    >>> X = np.random.default_rng(0).poisson(5.0, size=(30, 40))
+    >>> result = bnmf.fit(X, rank=2, method="map")
+    >>> result.W.shape, result.H.shape
+    ((30, 2), (2, 40))
+    """
+    model_options, inference_options = _split_options(model, options)
+    model_obj = get_model(model, **model_options)
+    data = prepare(X, mask=mask, missing=missing, counts=model_obj.needs_counts)
+    rank = check_rank(rank, data.shape)
+    method = DEFAULT_METHOD if method is None else method
+    return fit_data(data, rank, model_obj, method, seed=seed, dtype=dtype, **inference_options)

@@ -1,0 +1,10 @@
+"""Inference: pure functions from (problem, options, seed) to raw draws and traces."""
+
+from .common import Problem, RawPosterior
+from .map import fit_map
+from .nuts import fit_nuts
+from .svi import fit_svi
+
+METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts}
+
+__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "METHODS"]

@@ -1,0 +1,183 @@
+"""Shared inference pieces: the problem description, raw results, starting points, the loop.
+
+Everything here is a pure function of arrays and static configuration. Loops run as compiled
+chunks of ``lax.scan``; between chunks Python checks convergence and advances a progress bar,
+which costs one dispatch per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What to fit: data arrays, rank, a resolved model and an optional fixed W.
+
+    Attributes
+    ----------
+    X : jax array of shape (n_features, n_samples)
+        Observed values, 0 where unobserved.
+    mask : jax bool array of shape (n_features, n_samples)
+    rank : int
+    model : a resolved bnmf model object
+    W_fixed : jax array of shape (n_features, rank), optional
+        Keep W at these values (refitting known parts; the conjugate check).
+    """
+
+    X: Any
+    mask: Any
+    rank: int
+    model: Any
+    W_fixed: Any = None
+
+    @property
+    def fully_observed(self) -> bool:
+        return bool(np.asarray(self.mask).all())
+
+    def model_args(self):
+        return (self.X, self.mask, self.rank)
+
+    def model_kwargs(self):
+        return {"W": self.W_fixed}
+
+
+class RawPosterior(NamedTuple):
+    """Raw inference output before normalization.
+
+    ``draws`` maps site names to arrays with leading (chain, draw) dims: ``W`` is
+    (chain, draw, n_features, rank) and ``H`` is (chain, draw, rank, n_samples).
+    ``losses`` is the optimisation trace (negative log joint for MAP, negative ELBO for SVI).
+    """
+
+    draws: dict
+    losses: np.ndarray
+    elbo: float | None
+    info: dict | None = None
+
+
+def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator, power_iterations=4):
+    """Leading ``rank`` singular triplets of A (Halko et al. 2011), cheap for large A."""
+    n_oversample = min(10, min(A.shape) - rank)
+    omega = rng.standard_normal((A.shape[1], rank + max(n_oversample, 0)))
+    Q, _ = np.linalg.qr(A @ omega)
+    for _ in range(power_iterations):
+        Q, _ = np.linalg.qr(A.T @ Q)
+        Q, _ = np.linalg.qr(A @ Q)
+    U_small, S, Vt = np.linalg.svd(Q.T @ A, full_matrices=False)
+    return (Q @ U_small)[:, :rank], S[:rank], Vt[:rank]
+
+
+def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
+    """NNDSVDa start (Boutsidis & Gallopoulos 2008): W (n_features, rank), H (rank, n_samples).
+
+    Unobserved entries are filled with their feature's observed mean first. Zeros are replaced
+    by the data mean, as scikit-learn's ``init="nndsvda"`` does, so multiplicative updates can
+    move every entry.
+    """
+    filled = np.where(mask, X, 0.0)
+    row_mean = filled.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
+    filled = np.where(mask, X, row_mean)
+    U, S, Vt = _randomized_svd(filled, rank, np.random.default_rng(seed))
+    W = np.zeros((X.shape[0], rank))
+    H = np.zeros((rank, X.shape[1]))
+    W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
+    H[0] = np.sqrt(S[0]) * np.abs(Vt[0])
+    for k in range(1, rank):
+        u, v = U[:, k], Vt[k]
+        up, un = np.maximum(u, 0), np.maximum(-u, 0)
+        vp, vn = np.maximum(v, 0), np.maximum(-v, 0)
+        norm_p = np.linalg.norm(up) * np.linalg.norm(vp)
+        norm_n = np.linalg.norm(un) * np.linalg.norm(vn)
+        if norm_p >= norm_n:
+            uu, vv, sigma = up / max(np.linalg.norm(up), 1e-300), vp / max(np.linalg.norm(vp), 1e-300), norm_p
+        else:
+            uu, vv, sigma = un / max(np.linalg.norm(un), 1e-300), vn / max(np.linalg.norm(vn), 1e-300), norm_n
+        W[:, k] = np.sqrt(S[k] * sigma) * uu
+        H[k] = np.sqrt(S[k] * sigma) * vv
+    mean = filled.mean()
+    W[W < 1e-12 * mean] = mean
+    H[H < 1e-12 * mean] = mean
+    return W, H
+
+
+def random_start(X: np.ndarray, mask: np.ndarray, rank: int, seed: int):
+    """A uniform random start scaled so that mean(W @ H) matches the observed mean."""
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(X[mask].mean() / rank) * 2.0  # E[U(0, 2s)] = s
+    return (rng.uniform(0, 1, (X.shape[0], rank)) * scale,
+            rng.uniform(0, 1, (rank, X.shape[1])) * scale)
+
+
+def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: int):
+    """W, H to start from: ``"nndsvda"`` (deterministic) or ``"random"`` (seeded, scaled)."""
+    if init == "nndsvda":
+        return nndsvda(X, mask, rank, seed)
+    if init == "random":
+        return random_start(X, mask, rank, seed)
+    raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
+
+
+def floor_positive(A, relative: float = 1e-6):
+    """Raise entries to at least ``relative`` × mean(A): log-space methods cannot start at 0."""
+    return jnp.maximum(A, relative * jnp.mean(A) + jnp.finfo(A.dtype).tiny)
+
+
+def run_chunks(
+    step_chunk: Callable,
+    state,
+    max_iter: int,
+    chunk: int,
+    tol: float,
+    progress: bool | None,
+    description: str,
+    noisy: bool = False,
+):
+    """Run ``step_chunk(state) -> (state, losses)`` until convergence or ``max_iter`` steps.
+
+    Converged when the chunk-mean loss changes by less than ``tol`` × |loss| (and, for noisy
+    losses, by less than two standard errors of the chunk mean). Returns (state, losses,
+    iterations, converged).
+    """
+    traces, previous, converged, done = [], None, False, 0
+    n_chunks = max(1, -(-max_iter // chunk))
+    disable = not _stderr_is_terminal() if progress is None else not progress
+    bar = tqdm(total=n_chunks * chunk, desc=description, disable=disable, leave=False)
+    for _ in range(n_chunks):
+        state, losses = step_chunk(state)
+        losses = np.asarray(losses)
+        traces.append(losses)
+        done += chunk
+        if not disable:
+            bar.update(chunk)
+            bar.set_postfix(loss=f"{losses[-1]:.6g}")
+        if not np.all(np.isfinite(losses)):
+            break
+        current = float(losses.mean())
+        if previous is not None:
+            change = abs(previous - current)
+            threshold = tol * max(abs(current), 1e-300)
+            if noisy and losses.size > 1:
+                threshold = max(threshold, 2.0 * float(losses.std()) / np.sqrt(losses.size))
+            if change < threshold:
+                converged = True
+                break
+        previous = current
+    bar.close()
+    return state, np.concatenate(traces), done, converged
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def key_from_seed(seed: int):
+    return jax.random.PRNGKey(seed)

@@ -1,0 +1,281 @@
+"""Maximum a posteriori (MAP) point estimates.
+
+Which mode is found (a MAP depends on the parameterisation):
+
+* ``poisson`` (gamma priors, shape ``a`` ≥ 1) and ``gaussian``: the mode of p(W, H | X) in the
+  constrained space, by closed-form majorize–minimize updates that never increase the negative
+  log joint: multiplicative updates with the gamma prior folded in for Poisson (Cemgil 2009;
+  Févotte & Idier 2011), and ridge-penalised HALS (masked multiplicative updates when entries
+  are missing) with an exact noise update for Gaussian.
+* ``poisson`` with shape ``a`` < 1: the gamma density is unbounded at 0, so no constrained mode
+  exists. The mode is taken over log W and log H instead (the Jacobian adds 1 to the shape).
+* every other model (``horseshoe``): the mode of the density of the unconstrained (log-space)
+  parameters, Jacobian included, by Adam on NumPyro's potential energy.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.scipy.special import gammaln, xlogy
+from numpyro.infer.initialization import init_to_value
+from numpyro.infer.util import initialize_model
+
+from ..models import GaussianHalfNormal, PoissonGamma
+from ..models.gaussian import gaussian_log_likelihood
+from ..models.poisson import poisson_log_likelihood, poisson_rate
+from .common import Problem, RawPosterior, floor_positive, key_from_seed, run_chunks, starting_point
+
+__all__ = ["fit_map", "map_start"]
+
+
+# ----------------------------------------------------------------------------- Poisson (MM)
+def gamma_log_density(x, shape, rate, log_space: bool):
+    """Sum of Gamma(shape, rate) log-densities of x; over log x when ``log_space``."""
+    power = shape if log_space else shape - 1.0
+    return jnp.sum(xlogy(power, x) - rate * x + shape * jnp.log(rate) - gammaln(shape))
+
+
+def poisson_neg_log_joint(W, H, X, M, hyper, log_space: bool):
+    """-log p(X, W, H) for the Poisson–gamma model (masked entries excluded)."""
+    a, rate_W, rate_H = hyper
+    ll = jnp.sum(jnp.where(M, poisson_log_likelihood(X, W, H), 0.0))
+    return -(ll + gamma_log_density(W, a, rate_W, log_space)
+             + gamma_log_density(H, a, rate_H, log_space))
+
+
+@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
+def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space):
+    a, rate_W, rate_H = hyper
+    power = a if log_space else a - 1.0
+    Mf = M.astype(X.dtype)
+
+    def step(carry, _):
+        W, H = carry
+        if update_W:
+            R = Mf * X / poisson_rate(W, H)
+            denom = H.sum(axis=1)[None, :] if full else Mf @ H.T
+            W = (W * (R @ H.T) + power) / (denom + rate_W)
+        R = Mf * X / poisson_rate(W, H)
+        denom = W.sum(axis=0)[:, None] if full else W.T @ Mf
+        H = (H * (W.T @ R) + power) / (denom + rate_H)
+        return (W, H), None
+
+    (W, H), _ = lax.scan(step, (W, H), None, length=n_steps)
+    return W, H, poisson_neg_log_joint(W, H, X, M, hyper, log_space)[None]
+
+
+# ---------------------------------------------------------------------------- Gaussian (MM)
+def half_normal_log_density(x, scale):
+    return jnp.sum(0.5 * jnp.log(2.0 / jnp.pi) - jnp.log(scale) - 0.5 * (x / scale) ** 2)
+
+
+def gaussian_neg_log_joint(W, H, sigma, X, M, hyper):
+    """-log p(X, W, H, sigma) for the Gaussian half-normal model (masked entries excluded)."""
+    scale_W, scale_H, scale_sigma = hyper
+    ll = jnp.sum(jnp.where(M, gaussian_log_likelihood(X, W, H, sigma), 0.0))
+    return -(ll + half_normal_log_density(W, scale_W) + half_normal_log_density(H, scale_H)
+             + half_normal_log_density(sigma, scale_sigma))
+
+
+def _hals_columns(W, XHt, HHt, ridge):
+    """One HALS sweep over the columns of W (n, rank) for ½‖X − W H‖² + ½ ridge ‖W‖²."""
+
+    def update(k, W):
+        numer = XHt[:, k] - W @ HHt[:, k] + W[:, k] * HHt[k, k]
+        return W.at[:, k].set(jnp.maximum(numer / (HHt[k, k] + ridge), 0.0))
+
+    return lax.fori_loop(0, W.shape[1], update, W)
+
+
+def _noise_mode(rss, n_observed, scale_sigma):
+    """argmax over sigma of N(residuals | 0, sigma) · HalfNormal(sigma | scale): a quadratic in σ²."""
+    return jnp.sqrt(2.0 * rss / (n_observed + jnp.sqrt(n_observed**2 + 4.0 * rss / scale_sigma**2)))
+
+
+@partial(jax.jit, static_argnames=("n_steps", "update_W", "full"))
+def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
+    scale_W, scale_H, scale_sigma = hyper
+    Mf = M.astype(X.dtype)
+    n_observed = Mf.sum()
+    tiny = jnp.finfo(X.dtype).tiny
+
+    def step(carry, _):
+        W, H, sigma = carry
+        var = sigma**2
+        if full:  # exact block coordinate descent
+            if update_W:
+                W = _hals_columns(W, X @ H.T, H @ H.T, var / scale_W**2)
+            H = _hals_columns(H.T, X.T @ W, W.T @ W, var / scale_H**2).T
+        else:  # multiplicative updates of the masked, ridge-penalised objective
+            if update_W:
+                W = W * ((Mf * X) @ H.T) / ((Mf * (W @ H)) @ H.T + var / scale_W**2 * W + tiny)
+            H = H * (W.T @ (Mf * X)) / (W.T @ (Mf * (W @ H)) + var / scale_H**2 * H + tiny)
+        rss = jnp.sum(Mf * (X - W @ H) ** 2)
+        sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
+        return (W, H, sigma), None
+
+    (W, H, sigma), _ = lax.scan(step, (W, H, sigma), None, length=n_steps)
+    return W, H, sigma, gaussian_neg_log_joint(W, H, sigma, X, M, hyper)[None]
+
+
+# ------------------------------------------------------------------------ generic (log space)
+def _generic_map(problem: Problem, init_values: dict, seed, max_iter, tol, progress, learning_rate):
+    """Adam on the potential energy of the unconstrained parameters (log-space mode)."""
+    info, potential_fn, postprocess_fn, _ = initialize_model(
+        key_from_seed(seed),
+        problem.model.numpyro_model,
+        init_strategy=init_to_value(values=init_values),
+        model_args=problem.model_args(),
+        model_kwargs=problem.model_kwargs(),
+    )
+    optimizer = optax.adam(learning_rate)
+    params = info.z
+    opt_state = optimizer.init(params)
+    chunk = 50
+
+    @jax.jit
+    def step_chunk(carry):
+        def step(carry, _):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(potential_fn)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        return lax.scan(step, carry, None, length=chunk)
+
+    (params, _), losses, iterations, converged = run_chunks(
+        step_chunk, (params, opt_state), max_iter, chunk, tol, progress, "MAP (Adam)"
+    )
+    values = postprocess_fn(params)
+    return values, losses, iterations, converged
+
+
+# ------------------------------------------------------------------------------- public
+def map_start(problem: Problem, init: str, seed: int):
+    """Starting W (n_features, rank) and H (rank, n_samples) as arrays of X's dtype."""
+    X, M = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.mask)
+    W, H = starting_point(X, M, problem.rank, init, seed)
+    if problem.W_fixed is not None:
+        W = np.asarray(problem.W_fixed, dtype=np.float64)
+        H = np.full_like(H, X[M].mean() / max(W.sum(axis=0).mean(), 1e-300))
+    dtype = problem.X.dtype
+    return jnp.asarray(W, dtype), jnp.asarray(H, dtype)
+
+
+def _likelihood_model(model):
+    """The plain model with the same likelihood, used to start models without MM updates."""
+    if getattr(model, "likelihood", None) == "gaussian":
+        return GaussianHalfNormal(scale_W=1e15, scale_H=1e15, scale_sigma=1e15)
+    return PoissonGamma(a=1.0, rate_W=1e-15, rate_H=1e-15)
+
+
+def fit_map(
+    problem: Problem,
+    *,
+    init: str = "nndsvda",
+    seed: int = 0,
+    max_iter: int = 2000,
+    tol: float = 1e-6,
+    progress: bool | None = None,
+    learning_rate: float = 0.02,
+    W_start=None,
+    H_start=None,
+) -> RawPosterior:
+    """MAP estimate of W and H (and the model's other sites).
+
+    Parameters
+    ----------
+    problem : Problem
+    init : {"nndsvda", "random"}
+        Starting point (ignored when ``W_start``/``H_start`` are given).
+    max_iter : int
+        Maximum number of updates.
+    tol : float
+        Stop when the negative log joint changes by less than ``tol`` relative over a chunk.
+    learning_rate : float
+        Adam step size for models without closed-form updates.
+
+    Returns
+    -------
+    RawPosterior with one chain of one draw; ``info`` says which algorithm and mode space ran.
+    """
+    model = problem.model
+    if W_start is None or H_start is None:
+        W_start, H_start = map_start(problem, init, seed)
+    X, M = problem.X, problem.mask
+    full, update_W = problem.fully_observed, problem.W_fixed is None
+    if isinstance(model, PoissonGamma):
+        log_space = model.a < 1.0
+        hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+        chunk = 10
+
+        def step_chunk(state):
+            W, H, loss = _poisson_mm_chunk(*state, X, M, hyper, n_steps=chunk, update_W=update_W,
+                                           full=full, log_space=log_space)
+            return (W, H), loss
+
+        (W, H), losses, iterations, converged = run_chunks(
+            step_chunk, (W_start, H_start), max_iter, chunk, tol, progress, "MAP"
+        )
+        values = {"W": W, "H": H}
+        algorithm, space = "multiplicative-mm", "log" if log_space else "constrained"
+    elif isinstance(model, GaussianHalfNormal):
+        hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
+        sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
+        chunk = 10
+
+        def step_chunk(state):
+            W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=chunk,
+                                                   update_W=update_W, full=full)
+            return (W, H, sigma), loss
+
+        (W, H, sigma), losses, iterations, converged = run_chunks(
+            step_chunk, (W_start, H_start, sigma), max_iter, chunk, tol, progress, "MAP"
+        )
+        values = {"W": W, "H": H, "sigma": sigma}
+        algorithm, space = ("hals" if full else "masked-multiplicative-mm"), "constrained"
+    else:
+        base = Problem(X, M, problem.rank, _likelihood_model(model), problem.W_fixed)
+        start = fit_map(base, init=init, seed=seed, max_iter=200, tol=1e-4, progress=False,
+                        W_start=W_start, H_start=H_start).draws
+        W0 = floor_positive(start["W"][0, 0])
+        H0 = floor_positive(start["H"][0, 0])
+        init_values = {"H": H0.T, **model.init_extras(W0, H0, X, M)}
+        if update_W:
+            init_values["W"] = W0
+        values, losses, iterations, converged = _generic_map(
+            problem, init_values, seed, max_iter, tol, progress, learning_rate
+        )
+        values = dict(values)
+        values["H"] = values["H"].T
+        if not update_W:
+            values["W"] = problem.W_fixed
+        algorithm, space = "adam", "log"
+    draws = {name: np.asarray(value)[None, None] for name, value in values.items()}
+    info = {"algorithm": algorithm, "mode_space": space, "iterations": iterations,
+            "converged": converged}
+    return RawPosterior(draws=draws, losses=losses, elbo=None, info=info)
+
+
+def posterior_start(problem: Problem, init: str, seed: int, max_iter: int = 500) -> dict:
+    """Starting values of every NumPyro site, from a MAP fit, for SVI and NUTS.
+
+    Values are in NumPyro's layout (``H`` as (n_samples, rank)) and floored away from 0, since
+    both samplers work in log space.
+    """
+    start = fit_map(problem, init=init, seed=seed, max_iter=max_iter, tol=1e-5, progress=False)
+    values = {name: jnp.asarray(draw[0, 0]) for name, draw in start.draws.items()}
+    W = floor_positive(values.pop("W"))
+    H = floor_positive(values.pop("H"))
+    extras = problem.model.init_extras(W, H, problem.X, problem.mask)
+    extras.update({k: v for k, v in values.items() if k in extras})
+    init_values = {"H": H.T, **extras}
+    if problem.W_fixed is None:
+        init_values["W"] = W
+    return init_values

@@ -1,0 +1,35 @@
+"""NumPyro generative models for NMF, one module per family.
+
+A model is a small frozen dataclass of hyperparameters with ``resolve(data, rank)`` (fill
+data-driven defaults), ``numpyro_model(X, mask, rank, W=None)``, ``log_likelihood(X, W, H,
+extras)`` (per entry) and ``init_extras`` (starting values of its own sites).
+"""
+
+from __future__ import annotations
+
+from .gaussian import GaussianHalfNormal
+from .horseshoe import Horseshoe
+from .poisson import PoissonGamma
+
+__all__ = ["PoissonGamma", "GaussianHalfNormal", "Horseshoe", "MODELS", "get_model"]
+
+MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe}
+
+
+def get_model(model, **options):
+    """Return a model object from a name in :data:`MODELS` (with options) or a model object."""
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}.")
+        try:
+            return MODELS[model](**options)
+        except TypeError as err:
+            raise TypeError(f"bad option for model {model!r}: {err}") from err
+    if isinstance(model, tuple(MODELS.values())):
+        if options:
+            raise TypeError(
+                f"model options {sorted(options)} given with a model object; set them on the "
+                "object instead."
+            )
+        return model
+    raise TypeError(f"model must be a name {sorted(MODELS)} or a bnmf model object, got {model!r}.")

@@ -1,0 +1,364 @@
+"""Posterior results: normalization, alignment, summaries, ArviZ conversion, save and load.
+
+This is the only module that knows which ArviZ major version is installed: ArviZ 0.x keeps
+groups in an ``InferenceData``, ArviZ ≥ 1 in an ``xarray.DataTree``. Everything else builds
+plain ``xarray.Dataset`` groups and hands them to :func:`to_arviz`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+from scipy.special import logsumexp
+
+from .data import Data, prepare
+from .inference import RawPosterior
+from .models import MODELS
+
+__all__ = ["Fit", "load", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
+
+ARVIZ_MAJOR = int(az.__version__.split(".")[0])
+DRAW_DIMS = ("chain", "draw")
+
+# Dims of each site after the (chain, draw) dims. Sites sampled in NumPyro's layout keep it.
+SITE_DIMS = {
+    "W": ("feature", "component"),
+    "H": ("component", "observation"),
+    "sigma": (),
+    "tau_W": ("component",),
+    "c2_W": ("component",),
+    "lambda_W": ("feature", "component"),
+    "tau_H": ("component",),
+    "c2_H": ("component",),
+    "lambda_H": ("observation", "component"),
+}
+
+
+def _bnmf_version() -> str:
+    try:
+        return version("bnmf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- ArviZ boundary
+def to_arviz(groups: dict[str, xr.Dataset]):
+    """Wrap named groups in the installed ArviZ's container (InferenceData or DataTree)."""
+    if ARVIZ_MAJOR >= 1:
+        return xr.DataTree.from_dict(groups)
+    return az.InferenceData(**groups)
+
+
+def arviz_group(idata, name: str) -> xr.Dataset:
+    """The named group of an ArviZ container as an ``xarray.Dataset``."""
+    if ARVIZ_MAJOR >= 1:
+        return idata[name].to_dataset()
+    return getattr(idata, name)
+
+
+def arviz_group_names(idata) -> list[str]:
+    if ARVIZ_MAJOR >= 1:
+        return list(idata.children)
+    return list(idata.groups())
+
+
+def write_netcdf(idata, path) -> None:
+    """Write an ArviZ container to a netCDF-4 file."""
+    if ARVIZ_MAJOR >= 1:
+        idata.to_netcdf(path, engine="h5netcdf")
+    else:
+        idata.to_netcdf(str(path), engine="h5netcdf")
+
+
+def read_netcdf(path):
+    """Read a container written by :func:`write_netcdf`, fully into memory."""
+    if ARVIZ_MAJOR >= 1:
+        tree = xr.open_datatree(path, engine="h5netcdf")
+        loaded = tree.load()
+        tree.close()
+        return loaded
+    groups = {}
+    for name in _netcdf_groups(path):
+        with xr.open_dataset(path, group=name, engine="h5netcdf") as ds:
+            groups[name] = ds.load()
+    return to_arviz(groups)
+
+
+def _netcdf_groups(path) -> list[str]:
+    import h5netcdf
+
+    with h5netcdf.File(path, "r") as handle:
+        return list(handle.groups)
+
+
+# --------------------------------------------------------------- normalization and alignment
+def normalize(W, H):
+    """Rescale so every column of W sums to 1 and H carries the scale; W @ H is unchanged.
+
+    Works on any leading (e.g. chain, draw) dims: W (..., n_features, rank), H (..., rank, n).
+    A column of W that is all zero is left as it is.
+    """
+    scale = W.sum(axis=-2, keepdims=True)
+    scale = np.where(scale > 0, scale, 1.0)
+    return W / scale, H * np.swapaxes(scale, -1, -2)
+
+
+def cosine_matrix(A, B):
+    """Cosine similarity of the columns of A (n, k) against those of B (n, m): (k, m)."""
+    A = A / np.maximum(np.linalg.norm(A, axis=-2, keepdims=True), 1e-300)
+    B = B / np.maximum(np.linalg.norm(B, axis=-2, keepdims=True), 1e-300)
+    return np.swapaxes(A, -1, -2) @ B
+
+
+def align_permutation(W, W_ref) -> np.ndarray:
+    """Permutation ``p`` of W's columns so that ``W[:, p]`` best matches ``W_ref`` (Hungarian
+    matching on cosine similarity); both are (n_features, rank)."""
+    rows, cols = linear_sum_assignment(-cosine_matrix(W_ref, W))
+    return cols[np.argsort(rows)]
+
+
+def align_draws(draws: dict) -> dict:
+    """Align the components of every chain and draw to the mean of the first chain.
+
+    Each chain's mean is matched first (chains may have settled on different labellings), then
+    each draw to the aligned reference. Sites with a component axis are permuted together.
+    """
+    W = draws["W"]
+    n_chains, n_draws = W.shape[:2]
+    reference = W[0].mean(axis=0)
+    perms = np.empty((n_chains, n_draws, W.shape[-1]), dtype=int)
+    for c in range(n_chains):
+        chain_perm = align_permutation(W[c].mean(axis=0), reference)
+        for d in range(n_draws):
+            perms[c, d] = chain_perm[align_permutation(W[c, d][:, chain_perm], reference)]
+    aligned = {}
+    for name, value in draws.items():
+        dims = SITE_DIMS.get(name, ())
+        if "component" not in dims:
+            aligned[name] = value
+            continue
+        axis = 2 + dims.index("component")
+        index = perms.reshape(perms.shape + (1,) * (value.ndim - 3))
+        index = np.moveaxis(index, 2, axis) if axis != 2 else index
+        aligned[name] = np.take_along_axis(value, np.broadcast_to(
+            index, value.shape[:axis] + (perms.shape[-1],) + value.shape[axis + 1:]), axis=axis)
+    return aligned
+
+
+# -------------------------------------------------------------------------------- the Fit
+def _component_coords(rank: int) -> np.ndarray:
+    return np.arange(rank)
+
+
+def _posterior_dataset(draws: dict, data: Data, rank: int, attrs: dict) -> xr.Dataset:
+    coords = {
+        "chain": np.arange(draws["W"].shape[0]),
+        "draw": np.arange(draws["W"].shape[1]),
+        "feature": data.feature_names.to_numpy(),
+        "component": _component_coords(rank),
+        "observation": data.observation_names.to_numpy(),
+    }
+    variables = {name: (DRAW_DIMS + SITE_DIMS[name], value) for name, value in draws.items()}
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
+    """ArviZ container of a fit: normalized, aligned posterior draws plus data and traces."""
+    draws = dict(raw.draws)
+    draws["W"], draws["H"] = normalize(np.asarray(draws["W"]), np.asarray(draws["H"]))
+    if meta["method"] != "map":
+        draws = align_draws(draws)
+    attrs = {
+        "model": meta["model"],
+        "model_params": json.dumps(meta["model_params"]),
+        "method": meta["method"],
+        "seed": int(meta["seed"]),
+        "rank": int(rank),
+        "dtype": meta["dtype"],
+        "inference_info": json.dumps(_jsonable(raw.info or {})),
+        "elbo": float(raw.elbo) if raw.elbo is not None else float("nan"),
+        "has_labels": int(data.has_labels),
+        "bnmf_version": _bnmf_version(),
+        "inference_library": "numpyro",
+    }
+    posterior = _posterior_dataset(draws, data, rank, attrs)
+    dims = ("feature", "observation")
+    coords = {"feature": posterior["feature"].values,
+              "observation": posterior["observation"].values}
+    observed = xr.Dataset({"X": (dims, np.where(data.mask, data.values, np.nan))}, coords=coords)
+    constant = xr.Dataset({"mask": (dims, data.mask)}, coords=coords)
+    stats = xr.Dataset({"loss": (("iteration",), np.asarray(raw.losses, dtype=np.float64))})
+    return to_arviz({"posterior": posterior, "observed_data": observed,
+                     "constant_data": constant, "sample_stats": stats})
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in info.items()}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted Bayesian NMF: posterior draws of W and H and what is computed from them.
+
+    Build one with :func:`bnmf.fit`; reload one with :func:`bnmf.load`.
+
+    Attributes
+    ----------
+    idata : arviz.InferenceData (ArviZ 0.x) or xarray.DataTree (ArviZ ≥ 1)
+        ``posterior`` holds ``W`` (chain, draw, feature, component), ``H`` (chain, draw,
+        component, observation) and the model's other sites; every draw is normalized (columns
+        of W sum to 1, H carries the scale) and components are aligned across chains and draws.
+        ``observed_data`` holds X (NaN where unobserved), ``constant_data`` the mask, and
+        ``sample_stats`` the optimisation trace ``loss``. Attributes of ``posterior`` name the
+        model, its hyperparameters, the method, seed, rank, dtype and bnmf version.
+    """
+
+    idata: object
+
+    # ---- metadata
+    @property
+    def _attrs(self) -> dict:
+        return arviz_group(self.idata, "posterior").attrs
+
+    @property
+    def method(self) -> str:
+        return self._attrs["method"]
+
+    @property
+    def rank(self) -> int:
+        return int(self._attrs["rank"])
+
+    @property
+    def seed(self) -> int:
+        return int(self._attrs["seed"])
+
+    @property
+    def model(self):
+        """The model object with its resolved (data-driven) hyperparameters."""
+        return MODELS[self._attrs["model"]](**json.loads(self._attrs["model_params"]))
+
+    @property
+    def info(self) -> dict:
+        """What the inference reported: algorithm, iterations, convergence, ..."""
+        return json.loads(self._attrs["inference_info"])
+
+    @property
+    def elbo(self) -> float | None:
+        """Final ELBO estimate (SVI), else None."""
+        value = float(self._attrs["elbo"])
+        return None if np.isnan(value) else value
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Optimisation trace: negative log joint (MAP), negative ELBO (SVI), potential energy (NUTS)."""
+        return arviz_group(self.idata, "sample_stats")["loss"].values
+
+    # ---- draws and summaries
+    def _draws(self, name: str) -> np.ndarray:
+        return arviz_group(self.idata, "posterior")[name].values
+
+    def _labelled(self, value: np.ndarray, name: str):
+        posterior = arviz_group(self.idata, "posterior")
+        if not int(self._attrs["has_labels"]):
+            return value
+        row_dim, col_dim = SITE_DIMS[name]
+        return pd.DataFrame(value, index=pd.Index(posterior[row_dim].values),
+                            columns=pd.Index(posterior[col_dim].values))
+
+    @property
+    def W(self):
+        """Posterior mean of W (n_features, rank); columns sum to 1. DataFrame if X had labels."""
+        return self._labelled(self._draws("W").mean(axis=(0, 1)), "W")
+
+    @property
+    def H(self):
+        """Posterior mean of H (rank, n_samples), carrying the scale. DataFrame if X had labels."""
+        return self._labelled(self._draws("H").mean(axis=(0, 1)), "H")
+
+    @property
+    def num_draws(self) -> int:
+        shape = self._draws("W").shape
+        return shape[0] * shape[1]
+
+    def interval(self, prob: float = 0.9) -> dict:
+        """Equal-tailed credible intervals: ``{"W": (lower, upper), "H": (lower, upper)}``.
+
+        Each bound has the shape of :attr:`W` or :attr:`H`. Raises for a MAP fit, which has no
+        posterior spread.
+        """
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        if self.num_draws < 2:
+            raise ValueError(
+                f"a fit with method={self.method!r} is a point estimate and has no credible "
+                "interval; fit with method='svi' or 'nuts'."
+            )
+        tails = [(1 - prob) / 2, (1 + prob) / 2]
+        result = {}
+        for name in ("W", "H"):
+            draws = self._draws(name)
+            flat = draws.reshape((-1,) + draws.shape[2:])
+            lower, upper = np.quantile(flat, tails, axis=0)
+            result[name] = (self._labelled(lower, name), self._labelled(upper, name))
+        return result
+
+    def log_likelihood(self, X_new=None, mask=None, max_chunk_entries: int = 2**24) -> np.ndarray:
+        """Per-entry log posterior predictive density, shape (n_features, n_samples).
+
+        ``log (1/S) Σ_s p(X_ij | θ_s)`` over the S posterior draws θ_s (for a MAP fit, the
+        plug-in density at the point estimate). ``X_new`` (default: the training data) must have
+        the fitted features and observations, e.g. the same matrix with held-out entries filled
+        in; entries outside ``mask`` (default: every entry of ``X_new`` that is not NaN) are NaN.
+        """
+        if X_new is None:
+            X_new = arviz_group(self.idata, "observed_data")["X"].values
+            if mask is None:
+                mask = arviz_group(self.idata, "constant_data")["mask"].values.astype(bool)
+        model = self.model
+        data = prepare(X_new, mask=mask, missing="mask", counts=model.needs_counts, scoring=True)
+        expected = (self._draws("W").shape[2], self._draws("H").shape[3])
+        if data.shape != expected:
+            raise ValueError(
+                f"X_new has shape {data.shape} but the fit has {expected[0]} features and "
+                f"{expected[1]} observations; score held-out entries of the fitted matrix."
+            )
+        posterior = arviz_group(self.idata, "posterior")
+        flat = {name: posterior[name].values.reshape((-1,) + posterior[name].shape[2:])
+                for name in posterior.data_vars}
+        n_draws = flat["W"].shape[0]
+        X = jnp.asarray(data.values, dtype=flat["W"].dtype)
+        per_draw = jax.jit(jax.vmap(
+            lambda site: model.log_likelihood(X, site["W"], site["H"], site)))
+        chunk = max(1, max_chunk_entries // X.size)
+        total = np.full(data.shape, -np.inf)
+        for start in range(0, n_draws, chunk):
+            sites = {name: jnp.asarray(value[start:start + chunk]) for name, value in flat.items()}
+            ll = np.asarray(per_draw(sites), dtype=np.float64)
+            total = np.logaddexp(total, logsumexp(ll, axis=0))
+        lpd = total - np.log(n_draws)
+        return np.where(data.mask, lpd, np.nan)
+
+    # ---- persistence
+    def save(self, path) -> None:
+        """Write the fit to a netCDF-4 file; :func:`bnmf.load` reads it back exactly."""
+        write_netcdf(self.idata, path)
+
+    def __repr__(self) -> str:
+        W = self._draws("W")
+        return (f"<bnmf.Fit model={self._attrs['model']!r} method={self.method!r} "
+                f"rank={self.rank} features={W.shape[2]} observations={self._draws('H').shape[3]} "
+                f"draws={self.num_draws}>")
+
+
+def load(path) -> Fit:
+    """Read a fit written by :meth:`Fit.save`."""
+    return Fit(read_netcdf(path))
