@@ -13,6 +13,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.infer.util import log_density
 from tqdm.auto import tqdm
 
 
@@ -138,12 +139,13 @@ def run_chunks(
     progress: bool | None,
     description: str,
     noisy: bool = False,
+    min_iter: int = 0,
 ):
     """Run ``step_chunk(state) -> (state, losses)`` until convergence or ``max_iter`` steps.
 
     Converged when the chunk-mean loss changes by less than ``tol`` × |loss| (and, for noisy
     losses, by less than two standard errors of the chunk mean). Returns (state, losses,
-    iterations, converged).
+    iterations, converged). Convergence is not declared before ``min_iter`` steps.
     """
     traces, previous, converged, done = [], None, False, 0
     n_chunks = max(1, -(-max_iter // chunk))
@@ -160,7 +162,7 @@ def run_chunks(
         if not np.all(np.isfinite(losses)):
             break
         current = float(losses.mean())
-        if previous is not None:
+        if previous is not None and done >= min_iter:
             change = abs(previous - current)
             threshold = tol * max(abs(current), 1e-300)
             if noisy and losses.size > 1:
@@ -181,3 +183,11 @@ def _stderr_is_terminal() -> bool:
 
 def key_from_seed(seed: int):
     return jax.random.PRNGKey(seed)
+
+
+def log_joint_unconstrained(problem: Problem, unravel, u_flat):
+    """log p(X, exp(u)) + Σu for flat log-space parameters ``u_flat``."""
+    values = jax.tree.map(jnp.exp, unravel(u_flat))
+    log_joint, _ = log_density(problem.model.numpyro_model, problem.model_args(),
+                               problem.model_kwargs(), values)
+    return log_joint + jnp.sum(u_flat)

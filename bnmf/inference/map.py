@@ -23,13 +23,19 @@ import numpy as np
 import optax
 from jax import lax
 from jax.scipy.special import gammaln, xlogy
-from numpyro.infer.initialization import init_to_value
-from numpyro.infer.util import initialize_model
+from jax.flatten_util import ravel_pytree
 
 from ..models import GaussianHalfNormal, PoissonGamma
 from ..models.gaussian import gaussian_log_likelihood
 from ..models.poisson import poisson_log_likelihood, poisson_rate
-from .common import Problem, RawPosterior, floor_positive, key_from_seed, run_chunks, starting_point
+from .common import (
+    Problem,
+    RawPosterior,
+    floor_positive,
+    log_joint_unconstrained,
+    run_chunks,
+    starting_point,
+)
 
 __all__ = ["fit_map", "map_start"]
 
@@ -125,35 +131,27 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
 
 
 # ------------------------------------------------------------------------ generic (log space)
-def _generic_map(problem: Problem, init_values: dict, seed, max_iter, tol, progress, learning_rate):
-    """Adam on the potential energy of the unconstrained parameters (log-space mode)."""
-    info, potential_fn, postprocess_fn, _ = initialize_model(
-        key_from_seed(seed),
-        problem.model.numpyro_model,
-        init_strategy=init_to_value(values=init_values),
-        model_args=problem.model_args(),
-        model_kwargs=problem.model_kwargs(),
-    )
+def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, learning_rate):
+    """Adam on -log p(X, exp(u)) - Σu over u = log(sites): the log-space mode."""
+    u0, unravel = ravel_pytree(jax.tree.map(jnp.log, init_values))
     optimizer = optax.adam(learning_rate)
-    params = info.z
-    opt_state = optimizer.init(params)
+    loss_fn = lambda u: -log_joint_unconstrained(problem, unravel, u)  # noqa: E731
     chunk = 50
 
     @jax.jit
     def step_chunk(carry):
         def step(carry, _):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(potential_fn)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            u, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(u)
+            updates, opt_state = optimizer.update(grads, opt_state, u)
+            return (optax.apply_updates(u, updates), opt_state), loss
 
         return lax.scan(step, carry, None, length=chunk)
 
-    (params, _), losses, iterations, converged = run_chunks(
-        step_chunk, (params, opt_state), max_iter, chunk, tol, progress, "MAP (Adam)"
+    (u, _), losses, iterations, converged = run_chunks(
+        step_chunk, (u0, optimizer.init(u0)), max_iter, chunk, tol, progress, "MAP (Adam)"
     )
-    values = postprocess_fn(params)
-    return values, losses, iterations, converged
+    return jax.tree.map(jnp.exp, unravel(u)), losses, iterations, converged
 
 
 # ------------------------------------------------------------------------------- public
@@ -250,7 +248,7 @@ def fit_map(
         if update_W:
             init_values["W"] = W0
         values, losses, iterations, converged = _generic_map(
-            problem, init_values, seed, max_iter, tol, progress, learning_rate
+            problem, init_values, max_iter, tol, progress, learning_rate
         )
         values = dict(values)
         values["H"] = values["H"].T

@@ -1,48 +1,77 @@
-"""Stochastic variational inference (SVI) with NumPyro guides and optax.
+"""Stochastic variational inference (SVI) in log space, compiled end to end.
 
-The default guide is mean-field normal over the unconstrained (log) parameters, i.e. log-normal
-factors for W and H (``AutoNormal``); ``guide="lowrank"`` adds a low-rank covariance
-(``AutoLowRankMultivariateNormal``). The guide starts at the MAP, so optimisation only has to
-find the spread, and the step size decays tenfold over ``max_steps``.
+Every latent site of a bnmf model is positive, so the guide lives on ``u = log(site)``:
+
+* ``guide="normal"`` (default): mean-field normal in u, i.e. independent log-normal factors;
+* ``guide="lowrank"``: a normal in u with covariance ``diag(d²) + L Lᵀ`` (``L`` of rank
+  ``guide_rank``), which keeps correlations between W and H entries.
+
+The objective is the ELBO ``E_q[log p(X, exp(u)) + Σu] + H[q]`` (``Σu`` is the log-Jacobian of
+``exp``), with the model's log joint from NumPyro's ``log_density`` traced inside one compiled
+step; the reparameterised gradient is followed by optax's Adam, with a step size decaying
+tenfold over ``max_steps``. The guide starts at the MAP, so optimisation only has to find the
+spread.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
-from numpyro.infer.initialization import init_to_value
+from jax.flatten_util import ravel_pytree
 
-from .common import Problem, RawPosterior, key_from_seed, run_chunks
+from .common import Problem, RawPosterior, key_from_seed, log_joint_unconstrained, run_chunks
 from .map import posterior_start
 
 __all__ = ["fit_svi", "GUIDES"]
 
 GUIDES = ("normal", "lowrank")
+_LOG_2PI_E = math.log(2 * math.pi) + 1.0
 
 
-def make_guide(model_fn, kind: str, init_values: dict, guide_rank: int | None, init_scale: float):
-    """The autoguide for ``kind``, started at ``init_values``."""
-    loc = init_to_value(values=init_values)
+def _guide_init(kind: str, loc, init_scale: float, guide_rank: int, key):
+    log_scale = jnp.full_like(loc, math.log(init_scale))
     if kind == "normal":
-        return AutoNormal(model_fn, init_loc_fn=loc, init_scale=init_scale)
-    if kind == "lowrank":
-        return AutoLowRankMultivariateNormal(model_fn, init_loc_fn=loc, init_scale=init_scale,
-                                             rank=guide_rank)
-    raise ValueError(f"guide must be one of {GUIDES}, got {kind!r}.")
+        return {"loc": loc, "log_scale": log_scale}
+    factor = 0.01 * init_scale * jax.random.normal(key, (loc.size, guide_rank), loc.dtype)
+    return {"loc": loc, "log_scale": log_scale, "factor": factor}
+
+
+def _guide_sample(params, key):
+    """One draw of u from the guide."""
+    key_diag, key_factor = jax.random.split(key)
+    u = params["loc"] + jnp.exp(params["log_scale"]) * jax.random.normal(
+        key_diag, params["loc"].shape, params["loc"].dtype)
+    if "factor" in params:
+        eta = jax.random.normal(key_factor, (params["factor"].shape[1],), params["loc"].dtype)
+        u = u + params["factor"] @ eta
+    return u
+
+
+def _guide_entropy(params):
+    """Entropy of the guide's normal distribution over u."""
+    n = params["loc"].size
+    entropy = 0.5 * n * _LOG_2PI_E + jnp.sum(params["log_scale"])
+    if "factor" in params:
+        scaled = params["factor"] * jnp.exp(-params["log_scale"])[:, None]
+        core = jnp.eye(scaled.shape[1], dtype=scaled.dtype) + scaled.T @ scaled
+        entropy = entropy + 0.5 * jnp.linalg.slogdet(core)[1]
+    return entropy
 
 
 def fit_svi(
     problem: Problem,
     *,
     guide: str = "normal",
-    guide_rank: int | None = None,
+    guide_rank: int = 4,
     init: str = "nndsvda",
     seed: int = 0,
     max_steps: int = 3000,
+    min_steps: int = 1000,
     tol: float = 1e-5,
     learning_rate: float = 0.02,
     num_particles: int = 1,
@@ -57,11 +86,13 @@ def fit_svi(
     ----------
     problem : Problem
     guide : {"normal", "lowrank"}
-        Mean-field log-normal, or a low-rank multivariate normal in log space.
-    guide_rank : int, optional
-        Rank of the low-rank guide's covariance (NumPyro's default when None).
+        Mean-field log-normal, or a low-rank-plus-diagonal normal in log space.
+    guide_rank : int
+        Rank of the low-rank guide's covariance factor.
     max_steps : int
         Maximum number of optimisation steps.
+    min_steps : int
+        Steps taken before convergence may be declared (the spread settles after the mean).
     tol : float
         Relative change of the mean loss over 100 steps under which it stops (noise-aware).
     num_particles : int
@@ -70,40 +101,56 @@ def fit_svi(
         Posterior draws returned (one chain).
     elbo_particles : int
         Monte Carlo samples of the final ELBO estimate.
+    init_scale : float
+        Initial standard deviation of the guide in log space.
 
     Returns
     -------
-    RawPosterior with draws of shape (1, num_draws, ...), the loss trace (negative ELBO) and the
-    final ELBO estimate.
+    RawPosterior with draws of shape (1, num_draws, ...), the loss trace (negative ELBO per
+    step) and the final ELBO estimate.
     """
-    key_start, key_init, key_elbo, key_draws = jax.random.split(key_from_seed(seed), 4)
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+    key_guide, key_steps, key_elbo, key_draws = jax.random.split(key_from_seed(seed), 4)
     init_values = posterior_start(problem, init, seed)
-    model_fn = problem.model.numpyro_model
-    auto = make_guide(model_fn, guide, init_values, guide_rank, init_scale)
-    schedule = optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1)
-    svi = SVI(model_fn, auto, optax.adam(schedule), Trace_ELBO(num_particles=num_particles))
-    args, kwargs = problem.model_args(), problem.model_kwargs()
-    state = svi.init(key_init, *args, **kwargs)
+    loc, unravel = ravel_pytree(jax.tree.map(jnp.log, init_values))
+    params = _guide_init(guide, loc, init_scale, guide_rank, key_guide)
+    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
+
+    def neg_elbo(params, key):
+        keys = jax.random.split(key, num_particles)
+        expected = jax.vmap(
+            lambda k: log_joint_unconstrained(problem, unravel, _guide_sample(params, k)))(keys)
+        return -(expected.mean() + _guide_entropy(params))
+
     chunk = 100
 
     @jax.jit
-    def step_chunk(state):
-        return lax.scan(lambda s, _: svi.update(s, *args, **kwargs), state, None, length=chunk)
+    def step_chunk(carry):
+        def step(carry, _):
+            params, opt_state, key = carry
+            key, key_step = jax.random.split(key)
+            loss, grads = jax.value_and_grad(neg_elbo)(params, key_step)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state, key), loss
 
-    state, losses, iterations, converged = run_chunks(
-        step_chunk, state, max_steps, chunk, tol, progress, "SVI", noisy=True
+        return lax.scan(step, carry, None, length=chunk)
+
+    (params, _, _), losses, iterations, converged = run_chunks(
+        step_chunk, (params, optimizer.init(params), key_steps), max_steps, chunk, tol,
+        progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),
     )
-    params = svi.get_params(state)
-    single = Trace_ELBO(num_particles=1)
 
     @jax.jit
-    def elbo_estimate(key):
-        keys = jax.random.split(key, elbo_particles)
-        return -lax.map(lambda k: single.loss(k, params, model_fn, auto, *args, **kwargs),
-                        keys).mean()
+    def elbo_estimate(params, key):
+        return -lax.map(lambda k: neg_elbo(params, k), jax.random.split(key, elbo_particles)).mean()
 
-    elbo = float(elbo_estimate(key_elbo))
-    samples = auto.sample_posterior(key_draws, params, *args, sample_shape=(num_draws,), **kwargs)
+    @jax.jit
+    def draw(params, keys):
+        return jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k))))(keys)
+
+    elbo = float(elbo_estimate(params, key_elbo))
+    samples = draw(params, jax.random.split(key_draws, num_draws))
     draws = {name: np.asarray(value)[None] for name, value in samples.items()}
     draws["H"] = np.swapaxes(draws["H"], -1, -2)
     if problem.W_fixed is not None:
