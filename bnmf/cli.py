@@ -1,0 +1,141 @@
+"""Command line: ``bnmf fit`` and ``bnmf demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+__all__ = ["main"]
+
+
+def _summary(fit, top: int = 5) -> str:
+    """A short text summary: what ran, and each part's top features with 90% intervals."""
+    info = fit.info
+    lines = [repr(fit)]
+    status = "converged" if info.get("converged") else "stopped at the iteration limit"
+    if "iterations" in info:
+        lines.append(f"inference: {info['algorithm']}, {info['iterations']} iterations, {status}")
+    if fit.elbo is not None:
+        lines.append(f"ELBO: {fit.elbo:.6g}")
+    W = fit.W
+    names = getattr(W, "index", None)
+    values = getattr(W, "values", W)
+    bounds = fit.interval(0.9)["W"] if fit.num_draws > 1 else None
+    for k in range(values.shape[1]):
+        order = values[:, k].argsort()[::-1][:top]
+        items = []
+        for i in order:
+            label = names[i] if names is not None else i
+            item = f"{label} {values[i, k]:.3f}"
+            if bounds is not None:
+                lo, hi = (getattr(b, "values", b)[i, k] for b in bounds)
+                item += f" [{lo:.3f}, {hi:.3f}]"
+            items.append(item)
+        lines.append(f"part {k}: " + "; ".join(items))
+    return "\n".join(lines)
+
+
+def _write_outputs(fit, out: Path, plot: Path | None) -> list[Path]:
+    """Write the fit (netCDF), W and H (CSV) and, if asked, the plot; return the paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fit.save(out)
+    written = [out]
+    for name in ("W", "H"):
+        table = getattr(fit, name)
+        path = out.with_name(f"{out.stem}_{name}.csv")
+        (table if hasattr(table, "to_csv") else __import__("pandas").DataFrame(table)).to_csv(path)
+        written.append(path)
+    if plot is not None:
+        from .plotting import plot_parts
+
+        figure = plot_parts(fit)
+        figure.savefig(plot, dpi=110)
+        written.append(plot)
+    return written
+
+
+def _fit_options(args) -> dict:
+    options = {"progress": None if args.progress else False}
+    if args.draws is not None:
+        options["num_draws"] = args.draws
+    return options
+
+
+def _cmd_fit(args) -> int:
+    from . import fit
+    from .io import read_matrix
+
+    X = read_matrix(args.data)
+    result = fit(X, rank=args.rank, model=args.model, method=args.method, seed=args.seed,
+                 missing="mask" if args.missing_as_mask else "error", dtype=args.dtype,
+                 **_fit_options(args))
+    written = _write_outputs(result, Path(args.out), Path(args.plot) if args.plot else None)
+    print(_summary(result))
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from . import fit
+    from .datasets import BREAST21_CITATION, load_breast21
+
+    X = load_breast21()
+    print(f"bnmf demo: {args.rank} mutational signatures of {X.shape[1]} breast cancer genomes "
+          f"({X.shape[0]} SBS96 channels, {int(X.values.sum()):,} mutations)")
+    print(f"data: {BREAST21_CITATION}")
+    result = fit(X, rank=args.rank, model="poisson", method=args.method, seed=args.seed,
+                 **_fit_options(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = _write_outputs(result, out / "fit.nc", out / "signatures.png")
+    print(_summary(result))
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnmf", description="Bayesian NMF with uncertainty.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--method", choices=["map", "svi", "nuts"], default=None,
+                       help="inference (default: svi)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--draws", type=int, default=None, help="posterior draws to keep")
+        p.add_argument("--progress", action="store_true", help="force a progress bar")
+
+    p_fit = sub.add_parser("fit", help="fit X ≈ W H to a data file")
+    p_fit.add_argument("data", help="CSV/TSV (first column = feature names), .npz, .mtx or .h5ad")
+    p_fit.add_argument("--rank", "-k", type=int, required=True)
+    p_fit.add_argument("--model", choices=["poisson", "gaussian", "horseshoe"], default="poisson")
+    p_fit.add_argument("--out", default="fit.nc", help="output netCDF file (default fit.nc)")
+    p_fit.add_argument("--plot", default=None, help="also write a PNG of the parts")
+    p_fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p_fit.add_argument("--missing-as-mask", action="store_true",
+                       help="treat NaN/empty cells as unobserved entries")
+    common(p_fit)
+    p_fit.set_defaults(handler=_cmd_fit)
+
+    p_demo = sub.add_parser("demo", help="signatures of 21 breast cancers (bundled data)")
+    p_demo.add_argument("--rank", "-k", type=int, default=5)
+    p_demo.add_argument("--out", default="bnmf-demo", help="output folder (default bnmf-demo)")
+    common(p_demo)
+    p_demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    matplotlib.use("Agg")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"bnmf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
