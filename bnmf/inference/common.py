@@ -117,12 +117,21 @@ def random_start(X: np.ndarray, mask: np.ndarray, rank: int, seed: int):
 
 
 def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: int):
-    """W, H to start from: ``"nndsvda"`` (deterministic) or ``"random"`` (seeded, scaled)."""
+    """W, H to start from: ``"nndsvda"`` (deterministic) or ``"random"`` (seeded, scaled).
+
+    Both are rescaled by the least-squares factor ``<X, WH> / ‖WH‖²`` (on observed entries):
+    NNDSVDa's filled-in zeros can put W H orders of magnitude off the data, which makes the
+    first HALS sweep zero out whole components.
+    """
     if init == "nndsvda":
-        return nndsvda(X, mask, rank, seed)
-    if init == "random":
-        return random_start(X, mask, rank, seed)
-    raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
+        W, H = nndsvda(X, mask, rank, seed)
+    elif init == "random":
+        W, H = random_start(X, mask, rank, seed)
+    else:
+        raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
+    WH = (W @ H)[mask]
+    alpha = np.sqrt(max(np.dot(X[mask], WH), 1e-300) / max(np.dot(WH, WH), 1e-300))
+    return W * alpha, H * alpha
 
 
 def floor_positive(A, relative: float = 1e-6):

@@ -70,8 +70,8 @@ def fit_svi(
     guide_rank: int = 4,
     init: str = "nndsvda",
     seed: int = 0,
-    max_steps: int = 3000,
-    min_steps: int = 1000,
+    max_steps: int = 5000,
+    min_steps: int = 2000,
     tol: float = 1e-5,
     learning_rate: float = 0.02,
     num_particles: int = 1,
@@ -128,16 +128,25 @@ def fit_svi(
     @jax.jit
     def step_chunk(carry):
         def step(carry, _):
-            params, opt_state, key = carry
+            params, opt_state, key, total = carry
             key, key_step = jax.random.split(key)
             loss, grads = jax.value_and_grad(neg_elbo)(params, key_step)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state, key), loss
+            params = optax.apply_updates(params, updates)
+            total = jax.tree.map(jnp.add, total, params)
+            return (params, opt_state, key, total), loss
 
-        return lax.scan(step, carry, None, length=chunk)
+        params, opt_state, key, _ = carry
+        zero = jax.tree.map(jnp.zeros_like, params)
+        (params, opt_state, key, total), losses = lax.scan(
+            step, (params, opt_state, key, zero), None, length=chunk)
+        average = jax.tree.map(lambda t: t / chunk, total)
+        return (params, opt_state, key, average), losses
 
-    (params, _, _), losses, iterations, converged = run_chunks(
-        step_chunk, (params, optimizer.init(params), key_steps), max_steps, chunk, tol,
+    # The chunk's average iterate (Polyak averaging) removes most of the stochastic jitter
+    # that the last iterate carries, so posterior means are not off by optimisation noise.
+    (_, _, _, params), losses, iterations, converged = run_chunks(
+        step_chunk, (params, optimizer.init(params), key_steps, params), max_steps, chunk, tol,
         progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),
     )
 

@@ -1,0 +1,44 @@
+"""Simulation and comparison helpers shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def simulate(n_features=60, n_samples=80, rank=3, counts_per_sample=2000, likelihood="poisson",
+             zero_fraction=0.0, seed=0):
+    """Known W (columns sum to 1), H and X ~ Poisson(W H) or W H + Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    W = rng.gamma(0.5, 1.0, (n_features, rank))
+    if zero_fraction:
+        W[rng.uniform(size=W.shape) < zero_fraction] = 0.0
+        W[rng.integers(n_features, size=rank), np.arange(rank)] += 1.0  # no empty part
+    W /= W.sum(axis=0)
+    H = rng.dirichlet(np.ones(rank), n_samples).T * counts_per_sample
+    mean = W @ H
+    if likelihood == "poisson":
+        X = rng.poisson(mean).astype(float)
+    else:
+        X = np.abs(mean + rng.normal(0, 0.05 * mean.mean(), mean.shape))
+    return X, W, H
+
+
+def aligned_cosines(W_est, W_true):
+    """Cosine of each true part with its Hungarian-matched estimate."""
+    A = np.asarray(W_est) / np.linalg.norm(W_est, axis=0)
+    B = np.asarray(W_true) / np.linalg.norm(W_true, axis=0)
+    cos = B.T @ A
+    rows, cols = linear_sum_assignment(-cos)
+    return cos[rows, cols], cols
+
+
+def generalized_kl(X, WH):
+    """Generalized KL divergence D(X || WH), scikit-learn's beta=1 loss."""
+    X, WH = np.asarray(X, float), np.asarray(WH, float)
+    ratio = np.where(X > 0, X / np.maximum(WH, 1e-300), 1.0)
+    return float(np.sum(np.where(X > 0, X * np.log(ratio), 0.0) - X + WH))
+
+
+def frobenius(X, WH):
+    return float(0.5 * np.sum((np.asarray(X) - np.asarray(WH)) ** 2))
