@@ -61,15 +61,16 @@ def _to_array_and_labels(X):
         arr = mat.toarray() if sp.issparse(mat) else np.asarray(mat)
         return arr.T.astype(np.float64), pd.Index(X.var_names), pd.Index(X.obs_names)
     if isinstance(X, pd.DataFrame):
-        try:
-            arr = X.to_numpy(dtype=np.float64)
-        except (TypeError, ValueError) as err:
+        bad = [c for c, dtype in X.dtypes.items() if not _is_real_numeric(dtype)]
+        if bad:
             raise TypeError(
-                "X is a DataFrame with non-numeric columns; pass only the numeric matrix "
-                "(features as rows, samples as columns), e.g. X.select_dtypes('number')."
-            ) from err
-        return arr, X.index, X.columns
+                f"X is a DataFrame with non-numeric columns {bad[:5]}; pass only the numeric "
+                "matrix (features as rows, samples as columns), e.g. X.select_dtypes('number')."
+            )
+        return X.to_numpy(dtype=np.float64), X.index, X.columns
     if sp.issparse(X):
+        if X.dtype.kind == "c":
+            raise TypeError("X must hold real numbers, got a complex sparse matrix.")
         # The foundation densifies sparse input; an O(nnz) path is on the roadmap.
         return np.asarray(X.toarray(), dtype=np.float64), None, None
     if isinstance(X, (str, bytes)) or not hasattr(X, "__array__") and not isinstance(X, list):
@@ -77,10 +78,21 @@ def _to_array_and_labels(X):
             f"X must be a NumPy array, pandas DataFrame, SciPy sparse matrix or AnnData, "
             f"got {type(X).__name__}. To read a file, use bnmf.io.read_matrix(path)."
         )
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"X must be a rectangular 2-D matrix: {err}") from err
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"X must hold numbers, got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"X must hold real numbers, got dtype {arr.dtype}.")
     return arr.astype(np.float64), None, None
+
+
+def _is_real_numeric(dtype) -> bool:
+    return (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+            and not pd.api.types.is_datetime64_any_dtype(dtype)
+            and not pd.api.types.is_timedelta64_dtype(dtype))
 
 
 def _first_position(flags: np.ndarray) -> tuple[int, int]:
@@ -88,8 +100,17 @@ def _first_position(flags: np.ndarray) -> tuple[int, int]:
     return int(i), int(j)
 
 
-def _validate_mask(mask, shape) -> np.ndarray:
+def _validate_mask(mask, shape, feature_names=None, observation_names=None) -> np.ndarray:
     if isinstance(mask, pd.DataFrame):
+        if feature_names is not None and mask.shape == shape:
+            same_labels = (set(mask.index) == set(feature_names)
+                           and set(mask.columns) == set(observation_names))
+            if not same_labels:
+                raise ValueError(
+                    "mask is a DataFrame whose labels differ from X's; give it X's index and "
+                    "columns (in any order), or pass a plain boolean array."
+                )
+            mask = mask.reindex(index=feature_names, columns=observation_names)
         mask = mask.to_numpy()
     elif sp.issparse(mask):
         mask = mask.toarray()
@@ -155,7 +176,7 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
             )
         mask_arr = ~nan
     else:
-        mask_arr = _validate_mask(mask, arr.shape)
+        mask_arr = _validate_mask(mask, arr.shape, feature_names, observation_names)
         if (nan & mask_arr).any():
             i, j = _first_position(nan & mask_arr)
             raise ValueError(

@@ -22,11 +22,15 @@ DTYPES = ("float32", "float64")
 
 def _split_options(model, options: dict):
     """Split ``**options`` into model hyperparameters and inference options."""
-    if not isinstance(model, str):
+    if isinstance(model, str):
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}.")
+        model_class = MODELS[model]
+    elif dataclasses.is_dataclass(model) and not isinstance(model, type):
+        model_class = type(model)  # get_model refuses options given with an object
+    else:
         return {}, options
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODELS)}.")
-    model_fields = {f.name for f in dataclasses.fields(MODELS[model])}
+    model_fields = {f.name for f in dataclasses.fields(model_class)}
     model_options = {k: v for k, v in options.items() if k in model_fields}
     return model_options, {k: v for k, v in options.items() if k not in model_fields}
 

@@ -263,64 +263,34 @@ class TestPrepareErrors:
 
 
 # --------------------------------------------------------------------------------------------
-# Known bugs (strict xfail: they start failing loudly once fixed, so the marker gets removed)
+# Bugs found while writing these tests, now fixed (regression tests)
 # --------------------------------------------------------------------------------------------
 
 
-class TestKnownBugs:
+class TestFixedBugs:
     @pytest.mark.filterwarnings("ignore:Casting complex values")
-    @pytest.mark.xfail(
-        strict=True,
-        reason="data.py _to_array_and_labels: complex dtype passes np.issubdtype(.., np.number) "
-        "and astype(float64) silently drops the imaginary part",
-    )
     def test_complex_array_rejected(self):
         with pytest.raises(TypeError, match="complex|real|numbers"):
             prepare(np.array([[1 + 2j, 3], [1, 2]]))
 
     @pytest.mark.filterwarnings("ignore:Casting complex values")
-    @pytest.mark.xfail(
-        strict=True,
-        reason="data.py _to_array_and_labels: sparse path casts complex data to float64 silently",
-    )
     def test_complex_sparse_rejected(self):
         with pytest.raises(TypeError, match="complex|real|numbers"):
             prepare(sp.csr_matrix(np.array([[1 + 1j, 0], [0, 1]])))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="data.py _to_array_and_labels: DataFrame.to_numpy(dtype=float64) parses object "
-        "columns of numeric strings instead of rejecting them as non-numeric",
-    )
     def test_dataframe_of_numeric_strings_rejected(self):
         df = pd.DataFrame({"a": ["1", "2"], "b": ["3", "4.5"]})
         with pytest.raises(TypeError, match="non-numeric"):
             prepare(df)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="data.py _to_array_and_labels: datetime columns are converted to nanoseconds "
-        "since the epoch and accepted as data",
-    )
     def test_dataframe_with_datetime_column_rejected(self):
         df = pd.DataFrame({"t": pd.to_datetime(["2020-01-01", "2020-01-02"]), "n": [1, 2]})
         with pytest.raises(TypeError, match="non-numeric"):
             prepare(df)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fitting.py _split_options: with a model object every option goes to inference, "
-        "so get_model's 'given with a model object' error is unreachable from bnmf.fit and the "
-        "user gets 'unknown option(s) [...]; it accepts ... and the model's hyperparameters'",
-    )
     def test_fit_model_options_with_model_object(self, no_fitting):
         fit_raises(TypeError, "given with a model object", counts(), model=PoissonGamma(), a=0.5)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="data.py _validate_mask: a DataFrame mask is taken positionally (to_numpy) "
-        "even when X is a DataFrame with different label order; expect alignment or an error",
-    )
     def test_dataframe_mask_aligned_to_dataframe_labels(self):
         X = pd.DataFrame([[1.0, 2.0], [3.0, 4.0]], index=["a", "b"], columns=["u", "v"])
         mask = pd.DataFrame(
