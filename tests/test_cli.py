@@ -1,0 +1,86 @@
+"""The command line: bnmf fit on files of each format, bnmf demo, and errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+import scipy.sparse as sp
+from helpers import simulate
+
+import bnmf
+from bnmf.cli import main
+from bnmf.io import read_matrix
+
+
+@pytest.fixture(scope="module")
+def counts():
+    X, _, _ = simulate(12, 15, rank=2, counts_per_sample=300, seed=13)
+    return pd.DataFrame(X.astype(int), index=[f"f{i}" for i in range(12)],
+                        columns=[f"s{j}" for j in range(15)])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".csv.gz", ".npz", ".mtx"])
+def test_read_matrix_formats(tmp_path, counts, suffix):
+    path = tmp_path / f"X{suffix}"
+    if suffix.startswith((".csv", ".tsv")):
+        counts.to_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".npz":
+        sp.save_npz(path, sp.csr_matrix(counts.values))
+    else:
+        scipy.io.mmwrite(path, sp.coo_matrix(counts.values))
+    X = read_matrix(path)
+    dense = X.toarray() if sp.issparse(X) else np.asarray(X)
+    np.testing.assert_array_equal(dense, counts.values)
+    if suffix.startswith((".csv", ".tsv")):
+        assert list(X.index) == list(counts.index)
+
+
+def test_read_dense_npz_and_errors(tmp_path, counts):
+    np.savez(tmp_path / "a.npz", X=counts.values, other=np.zeros(2))
+    np.testing.assert_array_equal(read_matrix(tmp_path / "a.npz"), counts.values)
+    np.savez(tmp_path / "b.npz", a=np.zeros(2), b=np.zeros(2))
+    with pytest.raises(ValueError, match="the one named 'X'"):
+        read_matrix(tmp_path / "b.npz")
+    with pytest.raises(FileNotFoundError, match="no such data file"):
+        read_matrix(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_matrix(tmp_path / "x.xlsx")
+
+
+def test_cli_fit_writes_a_loadable_fit(tmp_path, counts, capsys):
+    data = tmp_path / "X.csv"
+    counts.to_csv(data)
+    out = tmp_path / "fit.nc"
+    code = main(["fit", str(data), "--rank", "2", "--method", "map", "--out", str(out),
+                 "--plot", str(tmp_path / "parts.png")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "part 0:" in printed and str(out) in printed
+    fit = bnmf.load(out)
+    assert list(fit.W.index) == list(counts.index) and fit.method == "map"
+    assert (tmp_path / "parts.png").stat().st_size > 0
+    assert pd.read_csv(tmp_path / "fit_H.csv", index_col=0).shape == (2, 15)
+
+
+def test_cli_reports_bad_input(tmp_path, counts, capsys):
+    data = tmp_path / "X.csv"
+    (counts - 1000).to_csv(data)
+    assert main(["fit", str(data), "--rank", "2", "--out", str(tmp_path / "f.nc")]) == 2
+    assert "negative values" in capsys.readouterr().err
+    counts.to_csv(data)
+    assert main(["fit", str(data), "--rank", "99", "--out", str(tmp_path / "f.nc")]) == 2
+    assert "rank=99 is out of range" in capsys.readouterr().err
+
+
+def test_demo_runs_on_bundled_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--rank", "3", "--draws", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "21 breast cancer genomes" in printed and "ELBO" in printed
+    fit = bnmf.load(out / "fit.nc")
+    assert fit.W.shape == (96, 3) and fit.num_draws == 200
+    # the APOBEC signature (TCW > TTW/TGW) is among the parts of this cohort
+    top = {fit.W[k].idxmax() for k in fit.W.columns}
+    assert top & {"T[C>T]A", "T[C>T]T", "T[C>G]A", "T[C>G]T"}
+    assert (out / "signatures.png").stat().st_size > 10_000

@@ -1,0 +1,159 @@
+"""The Fit: ArviZ layout, normalization, alignment, intervals, predictive density, save/load."""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats as st
+from helpers import simulate
+
+import bnmf
+from bnmf.posterior import align_draws, align_permutation, arviz_group_names, normalize
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    X, W, H = simulate(30, 40, rank=3, counts_per_sample=800, seed=11)
+    return pd.DataFrame(X, index=[f"g{i}" for i in range(30)],
+                        columns=[f"cell{j}" for j in range(40)])
+
+
+@pytest.fixture(scope="module")
+def svi_fit(labelled):
+    return bnmf.fit(labelled, 3, method="svi", seed=0, progress=False, num_draws=300)
+
+
+def test_idata_dims_coords_and_groups(svi_fit, labelled):
+    posterior = svi_fit.idata.posterior
+    assert posterior["W"].dims == ("chain", "draw", "feature", "component")
+    assert posterior["H"].dims == ("chain", "draw", "component", "observation")
+    assert posterior.sizes["chain"] * posterior.sizes["draw"] >= 100
+    assert list(posterior["feature"].values) == list(labelled.index)
+    assert list(posterior["observation"].values) == list(labelled.columns)
+    assert "sample" not in posterior.dims
+    assert {"posterior", "observed_data", "constant_data", "sample_stats"} <= set(
+        arviz_group_names(svi_fit.idata))
+    assert svi_fit.idata.constant_data["mask"].values.all()
+    attrs = posterior.attrs
+    assert attrs["model"] == "poisson" and attrs["method"] == "svi" and attrs["seed"] == 0
+    assert attrs["bnmf_version"]
+
+
+def test_default_method_is_svi_with_uncertainty(labelled):
+    fit = bnmf.fit(labelled, 2, progress=False, num_draws=150, max_steps=500, min_steps=100)
+    assert fit.method == "svi" and fit.num_draws == 150 and fit.elbo is not None
+
+
+def test_every_draw_is_normalized_and_reconstruction_kept(svi_fit):
+    W = svi_fit.idata.posterior["W"].values
+    np.testing.assert_allclose(W.sum(axis=2), 1.0, rtol=1e-5)
+    assert isinstance(svi_fit.W, pd.DataFrame) and isinstance(svi_fit.H, pd.DataFrame)
+    np.testing.assert_allclose(svi_fit.W.sum(axis=0), 1.0, rtol=1e-5)
+
+
+def test_normalize_keeps_product():
+    rng = np.random.default_rng(0)
+    W, H = rng.gamma(1, 1, (2, 5, 4, 3)), rng.gamma(1, 1, (2, 5, 3, 6))
+    Wn, Hn = normalize(W, H)
+    np.testing.assert_allclose(Wn @ Hn, W @ H, rtol=1e-12)
+    np.testing.assert_allclose(Wn.sum(axis=-2), 1.0)
+
+
+def test_alignment_undoes_label_switching():
+    rng = np.random.default_rng(1)
+    W = rng.dirichlet(np.ones(20), 4).T  # (20, 4), distinct parts
+    H = rng.gamma(1, 1, (4, 7))
+    perms = [rng.permutation(4) for _ in range(6)]
+    draws = {"W": np.stack([W[:, p] for p in perms]).reshape(2, 3, 20, 4),
+             "H": np.stack([H[p] for p in perms]).reshape(2, 3, 4, 7)}
+    aligned = align_draws(draws)
+    reference = aligned["W"][0, 0]
+    for c in range(2):
+        for d in range(3):
+            np.testing.assert_array_equal(aligned["W"][c, d], reference)
+            np.testing.assert_allclose(aligned["W"][c, d] @ aligned["H"][c, d], W @ H, rtol=1e-12)
+    p = rng.permutation(4)
+    assert np.array_equal(W[:, p][:, align_permutation(W[:, p], W)], W)
+
+
+def test_interval_contains_mean_and_has_shapes(svi_fit):
+    bounds = svi_fit.interval(0.9)
+    for name, mean in (("W", svi_fit.W), ("H", svi_fit.H)):
+        lower, upper = bounds[name]
+        assert lower.shape == mean.shape == upper.shape
+        assert np.all(lower.values <= mean.values) and np.all(mean.values <= upper.values)
+        assert np.all(lower.values < upper.values)
+    narrow = svi_fit.interval(0.5)["W"]
+    assert np.all(narrow[1].values - narrow[0].values <= bounds["W"][1].values - bounds["W"][0].values)
+    with pytest.raises(ValueError, match="prob must lie in"):
+        svi_fit.interval(1.5)
+
+
+def test_map_fit_has_one_draw_and_no_interval(labelled):
+    fit = bnmf.fit(labelled, 3, method="map", progress=False)
+    assert fit.num_draws == 1 and fit.elbo is None
+    with pytest.raises(ValueError, match="point estimate and has no credible interval"):
+        fit.interval()
+
+
+def test_log_likelihood_is_the_posterior_predictive_density(svi_fit, labelled):
+    lpd = svi_fit.log_likelihood()
+    assert lpd.shape == labelled.shape and np.all(np.isfinite(lpd))
+    # Independent computation with SciPy from the stored draws
+    W = svi_fit.idata.posterior["W"].values.reshape(-1, 30, 3)
+    H = svi_fit.idata.posterior["H"].values.reshape(-1, 3, 40)
+    pmf = st.poisson.pmf(labelled.values[None], (W.astype(float) @ H.astype(float)))
+    np.testing.assert_allclose(lpd, np.log(pmf.mean(axis=0)), rtol=2e-4, atol=1e-5)
+    # held-out entries: a mask selects what is scored, the rest is NaN
+    mask = np.zeros(labelled.shape, bool)
+    mask[::3, ::4] = True
+    held = svi_fit.log_likelihood(labelled.values, mask=mask)
+    assert np.all(np.isnan(held[~mask])) and np.allclose(held[mask], lpd[mask])
+    with pytest.raises(ValueError, match="fitted matrix"):
+        svi_fit.log_likelihood(labelled.values[:, :5])
+
+
+def test_masked_entries_do_not_influence_the_fit(labelled):
+    X = labelled.values.copy()
+    mask = np.ones(X.shape, bool)
+    mask[2, 3] = mask[7, 11] = False
+    changed = X.copy()
+    changed[2, 3], changed[7, 11] = 1e6, np.nan
+    a = bnmf.fit(X, 3, method="map", mask=mask, progress=False, dtype="float64")
+    b = bnmf.fit(changed, 3, method="map", mask=mask, progress=False, dtype="float64")
+    np.testing.assert_allclose(a.W, b.W, rtol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["map", "svi", "nuts"])
+def test_save_load_round_trip_is_exact(tmp_path, labelled, method):
+    options = {"map": {}, "svi": {"num_draws": 100, "max_steps": 400, "min_steps": 100},
+               "nuts": {"num_warmup": 50, "num_samples": 50, "num_chains": 2}}[method]
+    fit = bnmf.fit(labelled.iloc[:12, :15], 2, method=method, progress=False, **options)
+    path = tmp_path / "fit.nc"
+    fit.save(path)
+    loaded = bnmf.load(path)
+    for name in ("W", "H"):
+        np.testing.assert_array_equal(loaded.idata.posterior[name].values,
+                                      fit.idata.posterior[name].values)
+        pd.testing.assert_frame_equal(getattr(loaded, name), getattr(fit, name))
+    np.testing.assert_array_equal(loaded.losses, fit.losses)
+    assert loaded.model == fit.model and loaded.method == method and loaded.elbo == fit.elbo
+    assert loaded.info == fit.info
+    np.testing.assert_array_equal(loaded.log_likelihood(), fit.log_likelihood())
+
+
+def test_unlabelled_input_gives_arrays_and_integer_coords():
+    X, _, _ = simulate(15, 20, rank=2, seed=12)
+    fit = bnmf.fit(X, 2, method="map", progress=False)
+    assert isinstance(fit.W, np.ndarray) and fit.W.shape == (15, 2)
+    assert list(fit.idata.posterior["observation"].values) == list(range(20))
+
+
+def test_nuts_chains_are_aligned(labelled):
+    fit = bnmf.fit(labelled.iloc[:15, :20], 2, method="nuts", num_warmup=100, num_samples=100,
+                   num_chains=2, progress=False)
+    W = fit.idata.posterior["W"].values
+    assert W.shape[:2] == (2, 100)
+    chain_means = W.mean(axis=1)
+    assert np.abs(chain_means[0] - chain_means[1]).max() < 0.05
+    assert not jax.config.jax_enable_x64
