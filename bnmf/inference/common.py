@@ -200,3 +200,14 @@ def log_joint_unconstrained(problem: Problem, unravel, u_flat):
     log_joint, _ = log_density(problem.model.numpyro_model, problem.model_args(),
                                problem.model_kwargs(), values)
     return log_joint + jnp.sum(u_flat)
+
+
+def to_bnmf_layout(draws: dict, problem: Problem) -> dict:
+    """NumPyro-layout draws (chain, draw, ...) to bnmf's: H as (rank, n_samples), and a fixed W
+    repeated for every draw so that every result has W and H draws."""
+    draws = {name: np.asarray(value) for name, value in draws.items()}
+    draws["H"] = np.swapaxes(draws["H"], -1, -2)
+    if problem.W_fixed is not None:
+        W = np.asarray(problem.W_fixed)
+        draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()
+    return draws

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.scipy.special import gammaln, xlogy
 from jax.flatten_util import ravel_pytree
+from jax.scipy.special import gammaln, xlogy
 
 from ..models import GaussianHalfNormal, PoissonGamma
 from ..models.gaussian import gaussian_log_likelihood

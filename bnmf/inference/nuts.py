@@ -6,7 +6,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
-from .common import Problem, RawPosterior, key_from_seed
+from .common import Problem, RawPosterior, key_from_seed, to_bnmf_layout
 from .map import posterior_start
 
 __all__ = ["fit_nuts"]
@@ -37,12 +37,7 @@ def fit_nuts(
                 chain_method="sequential", progress_bar=bool(progress))
     mcmc.run(key_from_seed(seed), *problem.model_args(), **problem.model_kwargs(),
              extra_fields=("potential_energy", "diverging"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    draws = {name: np.asarray(value) for name, value in samples.items()}
-    draws["H"] = np.swapaxes(draws["H"], -1, -2)
-    if problem.W_fixed is not None:
-        draws["W"] = np.broadcast_to(np.asarray(problem.W_fixed),
-                                     (num_chains, num_samples) + problem.W_fixed.shape).copy()
+    draws = to_bnmf_layout(mcmc.get_samples(group_by_chain=True), problem)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     info = {"algorithm": "nuts", "num_chains": num_chains,
             "divergences": int(np.asarray(extra["diverging"]).sum())}

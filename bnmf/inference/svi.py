@@ -19,12 +19,18 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .common import Problem, RawPosterior, key_from_seed, log_joint_unconstrained, run_chunks
+from .common import (
+    Problem,
+    RawPosterior,
+    key_from_seed,
+    log_joint_unconstrained,
+    run_chunks,
+    to_bnmf_layout,
+)
 from .map import posterior_start
 
 __all__ = ["fit_svi", "GUIDES"]
@@ -160,11 +166,7 @@ def fit_svi(
 
     elbo = float(elbo_estimate(params, key_elbo))
     samples = draw(params, jax.random.split(key_draws, num_draws))
-    draws = {name: np.asarray(value)[None] for name, value in samples.items()}
-    draws["H"] = np.swapaxes(draws["H"], -1, -2)
-    if problem.W_fixed is not None:
-        draws["W"] = np.broadcast_to(np.asarray(problem.W_fixed),
-                                     (1, num_draws) + problem.W_fixed.shape).copy()
+    draws = to_bnmf_layout({name: value[None] for name, value in samples.items()}, problem)
     info = {"algorithm": f"svi-{guide}", "iterations": iterations, "converged": converged,
             "learning_rate": learning_rate, "num_particles": num_particles}
     return RawPosterior(draws=draws, losses=losses, elbo=elbo, info=info)
