@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from helpers import frobenius, generalized_kl, simulate
+from helpers import aligned_cosines, frobenius, generalized_kl, simulate
 from sklearn.decomposition import NMF
 
 import bnmf
@@ -146,3 +146,16 @@ def test_losses_finite_at_any_scale(model, scale):
         assert np.all(np.isfinite(fit.losses))
         assert np.all(np.isfinite(fit.idata.posterior["W"].values))
         assert fit.elbo is None or np.isfinite(fit.elbo)
+
+
+def test_horseshoe_map_takes_factors_in_the_constrained_space():
+    """With W's mode in the constrained space, a part that the data leave empty shrinks towards
+    zero; a log-space mode of W ~ HalfNormal(s) would sit near s instead."""
+    X, W, _ = simulate(30, 40, rank=2, counts_per_sample=300, zero_fraction=0.5, seed=8)
+    fit = bnmf.fit(X, 2, model="horseshoe", method="map", progress=False, max_iter=1500)
+    assert fit.info["mode_space"] == "constrained factors, log scales"
+    assert np.all(np.isfinite(fit.losses))
+    W_est = fit.W / fit.W.sum(axis=0)
+    # Each true zero is matched to the column it belongs to; most are at least 100× below 1/30.
+    _, cols = aligned_cosines(fit.W, W)
+    assert np.mean(W_est[:, cols][W == 0] < 1e-4) > 0.5

@@ -194,12 +194,18 @@ def key_from_seed(seed: int):
     return jax.random.PRNGKey(seed)
 
 
-def log_joint_unconstrained(problem: Problem, unravel, u_flat):
-    """log p(X, exp(u)) + Σu for flat log-space parameters ``u_flat``."""
-    values = jax.tree.map(jnp.exp, unravel(u_flat))
+def log_joint_unconstrained(problem: Problem, unravel, u_flat, constrained_sites=()):
+    """log p(X, exp(u)) + Σu for flat log-space parameters ``u_flat``.
+
+    The Jacobian term Σu is left out for the sites named in ``constrained_sites``: their
+    density is then the one of the constrained space, reached through a log parameterisation.
+    """
+    logs = unravel(u_flat)
+    values = jax.tree.map(jnp.exp, logs)
     log_joint, _ = log_density(problem.model.numpyro_model, problem.model_args(),
                                problem.model_kwargs(), values)
-    return log_joint + jnp.sum(u_flat)
+    jacobian = sum(jnp.sum(u) for name, u in logs.items() if name not in constrained_sites)
+    return log_joint + jacobian
 
 
 def to_bnmf_layout(draws: dict, problem: Problem) -> dict:

@@ -9,8 +9,12 @@ Which mode is found (a MAP depends on the parameterisation):
   are missing) with an exact noise update for Gaussian.
 * ``poisson`` with shape ``a`` < 1: the gamma density is unbounded at 0, so no constrained mode
   exists. The mode is taken over log W and log H instead (the Jacobian adds 1 to the shape).
-* every other model (``horseshoe``): the mode of the density of the unconstrained (log-space)
-  parameters, Jacobian included, by Adam on NumPyro's potential energy.
+* every other model (``horseshoe``): the mode of the density of W and H in the constrained
+  space jointly with the log of the model's scales (horseshoe τ, λ, c², noise σ), by Adam on
+  log-parameterised sites. Taking the factors in the constrained space lets true zeros shrink to
+  zero (a log-space mode of W ~ HalfNormal(s) sits at s, never at 0); taking the scales in log
+  space keeps the joint density bounded (p(W=0 | λ) ∝ 1/λ is unbounded as λ → 0, the Jacobian
+  λ cancels it).
 """
 
 from __future__ import annotations
@@ -131,11 +135,16 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
 
 
 # ------------------------------------------------------------------------ generic (log space)
+FACTOR_SITES = ("W", "H")  # sites whose mode the generic MAP takes in the constrained space
+
+
 def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, learning_rate):
-    """Adam on -log p(X, exp(u)) - Σu over u = log(sites): the log-space mode."""
+    """Adam over u = log(sites) on -log p(X, W, H, scales) - Σ log(scales) (see module doc)."""
     u0, unravel = ravel_pytree(jax.tree.map(jnp.log, init_values))
     optimizer = optax.adam(learning_rate)
-    loss_fn = lambda u: -log_joint_unconstrained(problem, unravel, u)  # noqa: E731
+    u_bound = -0.45 * float(np.log(np.finfo(u0.dtype).tiny))
+    loss_fn = lambda u: -log_joint_unconstrained(  # noqa: E731
+        problem, unravel, u, constrained_sites=FACTOR_SITES)
     chunk = 50
 
     @jax.jit
@@ -144,7 +153,12 @@ def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, l
             u, opt_state = carry
             loss, grads = jax.value_and_grad(loss_fn)(u)
             updates, opt_state = optimizer.update(grads, opt_state, u)
-            return (optax.apply_updates(u, updates), opt_state), loss
+            # Shrunk sites drift towards 0, and the horseshoe's τ and λ along their ridge (only
+            # τλ is well determined) towards 0 and ∞: keep exp(u) and its square finite normal
+            # floats (else HalfNormal(0) or Cauchy(∞) gives NaN). At ±u_bound they are 0 or ∞
+            # in effect (e^-39 ≈ 1e-17 in float32).
+            u = jnp.clip(optax.apply_updates(u, updates), -u_bound, u_bound)
+            return (u, opt_state), loss
 
         return lax.scan(step, carry, None, length=chunk)
 
@@ -254,7 +268,7 @@ def fit_map(
         values["H"] = values["H"].T
         if not update_W:
             values["W"] = problem.W_fixed
-        algorithm, space = "adam", "log"
+        algorithm, space = "adam", "constrained factors, log scales"
     draws = {name: np.asarray(value)[None, None] for name, value in values.items()}
     info = {"algorithm": algorithm, "mode_space": space, "iterations": iterations,
             "converged": converged}
