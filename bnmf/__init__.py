@@ -7,6 +7,7 @@
 from . import models
 from .fitting import fit
 from .posterior import Fit, load
+from .sklearn import BayesianNMF
 
-__all__ = ["fit", "Fit", "load", "models"]
+__all__ = ["BayesianNMF", "Fit", "fit", "load", "models"]
 __version__ = "0.1.0"
