@@ -75,6 +75,22 @@ def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator, power_it
     return (Q @ U_small)[:, :rank], S[:rank], Vt[:rank]
 
 
+def leading_svd(A: np.ndarray, rank: int, rng: np.random.Generator, exact_below: int = 512):
+    """Leading ``rank`` singular triplets of A: exact from the smaller Gram matrix when one side
+    has at most ``exact_below`` entries (one pass over A, a tiny eigenproblem), else randomized.
+    """
+    if min(A.shape) > exact_below:
+        return _randomized_svd(A, rank, rng)
+    transpose = A.shape[0] > A.shape[1]
+    B = A.T if transpose else A  # the short side first: B (short, long)
+    values, vectors = np.linalg.eigh(B @ B.T)
+    order = np.argsort(values)[::-1][:rank]
+    S = np.sqrt(np.maximum(values[order], 0.0))
+    U = vectors[:, order]
+    Vt = (U.T @ B) / np.maximum(S, 1e-300)[:, None]
+    return (Vt.T, S, U.T) if transpose else (U, S, Vt)
+
+
 def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
     """NNDSVDa start (Boutsidis & Gallopoulos 2008): W (n_features, rank), H (rank, n_samples).
 
@@ -82,10 +98,12 @@ def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
     by the data mean, as scikit-learn's ``init="nndsvda"`` does, so multiplicative updates can
     move every entry.
     """
-    filled = np.where(mask, X, 0.0)
-    row_mean = filled.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
-    filled = np.where(mask, X, row_mean)
-    U, S, Vt = _randomized_svd(filled, rank, np.random.default_rng(seed))
+    if mask.all():
+        filled = X
+    else:
+        row_mean = np.where(mask, X, 0.0).sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
+        filled = np.where(mask, X, row_mean)
+    U, S, Vt = leading_svd(filled, rank, np.random.default_rng(seed))
     W = np.zeros((X.shape[0], rank))
     H = np.zeros((rank, X.shape[1]))
     W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
@@ -129,8 +147,9 @@ def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: 
         W, H = random_start(X, mask, rank, seed)
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    WH = (W @ H)[mask]
-    alpha = np.sqrt(max(np.dot(X[mask], WH), 1e-300) / max(np.dot(WH, WH), 1e-300))
+    WH = W @ H
+    Xo, WHo = (X, WH) if mask.all() else (X[mask], WH[mask])
+    alpha = np.sqrt(max(np.vdot(Xo, WHo), 1e-300) / max(np.vdot(WHo, WHo), 1e-300))
     return W * alpha, H * alpha
 
 
