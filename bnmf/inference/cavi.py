@@ -1,4 +1,4 @@
-"""Coordinate-ascent variational inference (CAVI) for Poisson–gamma NMF (Cemgil 2009).
+r"""Coordinate-ascent variational inference (CAVI) for Poisson–gamma NMF (Cemgil 2009).
 
 The Poisson–gamma model is conditionally conjugate once each count is split into latent
 sources ``S_ijk ~ Poisson(W_ik H_kj)`` with ``Σ_k S_ijk = X_ij``. The mean-field family
@@ -6,26 +6,26 @@ sources ``S_ijk ~ Poisson(W_ik H_kj)`` with ``Σ_k S_ijk = X_ij``. The mean-fiel
 
 .. math::
 
-    q(W_{ik}) = \\mathrm{Gamma}(\\alpha^W_{ik}, \\beta^W_{ik}), \\quad
-    q(H_{kj}) = \\mathrm{Gamma}(\\alpha^H_{kj}, \\beta^H_{kj})
+    q(W_{ik}) = \mathrm{Gamma}(\alpha^W_{ik}, \beta^W_{ik}), \quad
+    q(H_{kj}) = \mathrm{Gamma}(\alpha^H_{kj}, \beta^H_{kj})
 
 then has closed-form coordinate updates. With ``L^W = exp E[log W]`` (and ``L^H``),
 ``Σ_ij = M_ij X_ij / (L^W L^H)_ij`` (M the mask):
 
 .. math::
 
-    \\alpha^W = a + L^W \\odot (\\Sigma L^{H\\top}), \\quad
-    \\beta^W = b_W + M\\,E[H]^\\top, \\qquad
-    \\alpha^H = a + L^H \\odot (L^{W\\top} \\Sigma), \\quad
-    \\beta^H = b_H + E[W]^\\top M.
+    \alpha^W = a + L^W \odot (\Sigma L^{H\top}), \quad
+    \beta^W = b_W + M\,E[H]^\top, \qquad
+    \alpha^H = a + L^H \odot (L^{W\top} \Sigma), \quad
+    \beta^H = b_H + E[W]^\top M.
 
 Each sweep costs the same four (n_features × n_samples × rank) products as one multiplicative
 MAP update, and never decreases the bound (returned as ``elbo``)
 
 .. math::
 
-    \\mathcal{L} = \\sum_{ij} M_{ij}\\big[X_{ij}\\log (L^W L^H)_{ij} - (E[W]E[H])_{ij}
-    - \\log X_{ij}!\\big] - \\mathrm{KL}(q(W)\\,\\|\\,p(W)) - \\mathrm{KL}(q(H)\\,\\|\\,p(H)),
+    \mathcal{L} = \sum_{ij} M_{ij}\big[X_{ij}\log (L^W L^H)_{ij} - (E[W]E[H])_{ij}
+    - \log X_{ij}!\big] - \mathrm{KL}(q(W)\,\|\,p(W)) - \mathrm{KL}(q(H)\,\|\,p(H)),
 
 the evidence lower bound with ``q(S)`` optimised out (a lower bound on the mean-field ELBO of
 ``q(W) q(H)`` alone, by Jensen's inequality).
@@ -44,13 +44,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.scipy.special import digamma, gammaln
-from scipy.special import gammaln as scipy_gammaln
 
 from ..models import PoissonGamma
 from .common import Problem, RawPosterior, run_chunks
-from .map import map_start
+from .counts import (
+    log_factorial_sum,
+    mask_left,
+    mask_right,
+    ratio_left,
+    ratio_right,
+    sum_rate,
+    sum_x_log_rate,
+)
+from .map import map_start, poisson_counts
 
-__all__ = ["fit_cavi", "GammaFactors", "cavi_factors", "gamma_kl", "cavi_elbo", "draw_factors"]
+__all__ = ["GammaFactors", "cavi_elbo", "cavi_factors", "draw_factors", "fit_cavi", "gamma_kl"]
 
 
 class GammaFactors(NamedTuple):
@@ -82,46 +90,37 @@ def _moments_W(factors: GammaFactors):
     return _mean_and_geometric(factors.shape_W, factors.rate_W)
 
 
-def _ratio(X, Mf, LW, LH):
-    """Σ = M X / (L^W L^H), the expected share of each count (0 where unobserved)."""
-    rate = jnp.maximum(LW @ LH, jnp.finfo(X.dtype).tiny)
-    return Mf * X / rate
-
-
-def cavi_elbo(factors: GammaFactors, X, Mf, hyper, log_factorial_sum, full: bool):
-    """The collapsed bound :math:`\\mathcal{L}` above (a scalar)."""
+def cavi_elbo(factors: GammaFactors, counts, hyper, log_factorials):
+    r"""The collapsed bound :math:`\mathcal{L}` above (a scalar); ``counts`` is a
+    :class:`~bnmf.inference.counts.DenseCounts` or ``SparseCounts``, ``log_factorials`` the
+    constant Σ M log X!."""
     a, b_W, b_H = hyper
     EW, LW = _moments_W(factors)
     EH, LH = _mean_and_geometric(factors.shape_H, factors.rate_H)
-    rate = jnp.maximum(LW @ LH, jnp.finfo(X.dtype).tiny)
-    fit_term = jnp.sum(Mf * X * jnp.log(rate))
-    expected_rate = jnp.sum(EW.sum(axis=0) * EH.sum(axis=1)) if full else jnp.sum(Mf * (EW @ EH))
-    bound = fit_term - expected_rate - log_factorial_sum
+    bound = sum_x_log_rate(counts, LW, LH) - sum_rate(counts, EW, EH) - log_factorials
     bound = bound - gamma_kl(factors.shape_H, factors.rate_H, a, b_H)
     if factors.shape_W is not None:
         bound = bound - gamma_kl(factors.shape_W, factors.rate_W, a, b_W)
     return bound
 
 
-def _sweep(factors: GammaFactors, X, Mf, hyper, full: bool) -> GammaFactors:
+def _sweep(factors: GammaFactors, counts, hyper) -> GammaFactors:
     """One CAVI sweep: q(W) (unless fixed), then q(H)."""
     a, b_W, b_H = hyper
     EH, LH = _mean_and_geometric(factors.shape_H, factors.rate_H)
     if factors.shape_W is not None:
         _, LW = _moments_W(factors)
-        shape_W = a + LW * (_ratio(X, Mf, LW, LH) @ LH.T)
-        rate_W = b_W + (jnp.broadcast_to(EH.sum(axis=1), LW.shape) if full else Mf @ EH.T)
-        factors = factors._replace(shape_W=shape_W, rate_W=rate_W)
+        factors = factors._replace(shape_W=a + LW * ratio_right(counts, LW, LH),
+                                   rate_W=b_W + mask_right(counts, EH))
     EW, LW = _moments_W(factors)
-    shape_H = a + LH * (LW.T @ _ratio(X, Mf, LW, LH))
-    rate_H = b_H + (jnp.broadcast_to(EW.sum(axis=0)[:, None], LH.shape) if full else EW.T @ Mf)
-    return factors._replace(shape_H=shape_H, rate_H=rate_H)
+    return factors._replace(shape_H=a + LH * ratio_left(counts, LW, LH),
+                            rate_H=b_H + mask_left(counts, EW))
 
 
-@partial(jax.jit, static_argnames=("n_steps", "full"))
-def _cavi_chunk(factors, X, Mf, hyper, log_factorial_sum, *, n_steps, full):
-    factors = lax.fori_loop(0, n_steps, lambda _, f: _sweep(f, X, Mf, hyper, full), factors)
-    return factors, -cavi_elbo(factors, X, Mf, hyper, log_factorial_sum, full)[None]
+@partial(jax.jit, static_argnames=("n_steps",))
+def _cavi_chunk(factors, counts, hyper, log_factorials, *, n_steps):
+    factors = lax.fori_loop(0, n_steps, lambda _, f: _sweep(f, counts, hyper), factors)
+    return factors, -cavi_elbo(factors, counts, hyper, log_factorials)[None]
 
 
 def initial_factors(W, H, a, concentration: float = 1.0) -> GammaFactors:
@@ -158,22 +157,19 @@ def cavi_factors(
     ``losses`` is the negative bound after every chunk of 10 sweeps (non-increasing).
     """
     check_cavi_problem(problem)
-    model, X, M = problem.model, problem.X, problem.mask
-    full = problem.fully_observed
-    Mf = M.astype(X.dtype)
+    model, X = problem.model, problem.X
     W0, H0 = map_start(problem, init, seed)
     factors = initial_factors(None if problem.W_fixed is not None else W0, H0, model.a)
     if problem.W_fixed is not None:
         factors = factors._replace(rate_W=jnp.asarray(problem.W_fixed, X.dtype))
     hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
-    # log X! is constant: summed once here (in float64) rather than on every bound evaluation.
-    X64 = np.asarray(X, np.float64)
-    log_factorial_sum = jnp.asarray(
-        float(np.sum(np.where(np.asarray(M), scipy_gammaln(X64 + 1.0), 0.0))), X.dtype)
+    counts = poisson_counts(problem)
+    # log X! is constant: summed once here (in float64), not on every bound evaluation.
+    log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
     chunk = 10
 
     def step_chunk(state):
-        return _cavi_chunk(state, X, Mf, hyper, log_factorial_sum, n_steps=chunk, full=full)
+        return _cavi_chunk(state, counts, hyper, log_factorials, n_steps=chunk)
 
     return run_chunks(step_chunk, factors, max_iter, chunk, tol, progress, "CAVI")
 
