@@ -99,3 +99,54 @@ def test_hals_noise_update_from_products_matches_direct_residual():
         n = X.size
         expected = np.sqrt(2 * rss / (n + np.sqrt(n**2 + 4 * rss / 100.0)))
         np.testing.assert_allclose(sigma, expected, rtol=1e-8)
+
+
+# ------------------------------------------------------------------ sharding over devices
+SHARDED_SCRIPT = """
+import jax, numpy as np, bnmf
+from bnmf.inference.common import shard_problem, Problem
+from helpers import simulate
+
+assert len(jax.devices()) == 4, jax.devices()
+X, _, _ = simulate(24, 40, rank=3, counts_per_sample=400, seed=5)
+with jax.enable_x64(True):
+    problem = Problem(jax.numpy.asarray(X), jax.numpy.ones(X.shape, bool), 3, None)
+    sharded, W, H = shard_problem(problem, jax.numpy.ones((24, 3)), jax.numpy.ones((3, 40)), 4)
+assert len(sharded.X.sharding.device_set) == 4 and len(H.sharding.device_set) == 4
+mask = np.random.default_rng(0).uniform(size=X.shape) > 0.1
+for model, method, mask_ in (("poisson", "map", None), ("poisson", "cavi", mask),
+                             ("gaussian", "map", None)):
+    extra = {"num_draws": 20} if method == "cavi" else {}
+    fits = [bnmf.fit(X, 3, model=model, method=method, mask=mask_, dtype="float64",
+                     progress=False, max_iter=100, tol=0.0, devices=devices, **extra)
+            for devices in (None, 4)]
+    np.testing.assert_allclose(fits[1].losses, fits[0].losses, rtol=1e-9)
+    np.testing.assert_allclose(fits[1].W, fits[0].W, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(fits[1].H, fits[0].H, rtol=1e-7, atol=1e-9)
+print("sharded fits equal")
+"""
+
+
+def test_fits_sharded_over_four_host_devices_equal_one_device():
+    """Run in a subprocess: the device count is fixed when JAX starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=tests.parent,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded fits equal" in result.stdout
+
+
+def test_devices_option_is_checked():
+    X, _, _ = simulate(10, 15, rank=2, seed=1)
+    with pytest.raises(ValueError, match="devices must be a positive integer"):
+        bnmf.fit(X, 2, method="map", devices=0, progress=False)
+    with pytest.raises(ValueError, match="JAX sees"):
+        bnmf.fit(X, 2, method="cavi", devices=len(jax.devices()) + 1, progress=False)

@@ -46,7 +46,7 @@ from jax import lax
 from jax.scipy.special import digamma, gammaln
 
 from ..models import PoissonGamma
-from .common import Problem, RawPosterior, run_chunks
+from .common import Problem, RawPosterior, run_chunks, shard_problem
 from .counts import (
     log_factorial_sum,
     mask_left,
@@ -151,14 +151,16 @@ def cavi_factors(
     max_iter: int = 2000,
     tol: float = 1e-6,
     progress: bool | None = None,
+    devices: int | None = None,
 ):
     """Run CAVI to convergence; return (GammaFactors, losses, iterations, converged).
 
     ``losses`` is the negative bound after every chunk of 10 sweeps (non-increasing).
     """
     check_cavi_problem(problem)
-    model, X = problem.model, problem.X
     W0, H0 = map_start(problem, init, seed)
+    problem, W0, H0 = shard_problem(problem, W0, H0, devices)
+    model, X = problem.model, problem.X
     factors = initial_factors(None if problem.W_fixed is not None else W0, H0, model.a)
     if problem.W_fixed is not None:
         factors = factors._replace(rate_W=jnp.asarray(problem.W_fixed, X.dtype))
@@ -207,6 +209,7 @@ def fit_cavi(
     tol: float = 1e-6,
     num_draws: int = 1000,
     progress: bool | None = None,
+    devices: int | None = None,
 ) -> RawPosterior:
     """Variational posterior of the Poisson–gamma model by CAVI with gamma factors.
 
@@ -222,6 +225,9 @@ def fit_cavi(
         Stop when the bound changes by less than ``tol`` relative over 10 sweeps.
     num_draws : int
         Posterior draws returned (one chain), sampled from the gamma factors.
+    devices : int, optional
+        Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
+        the number of samples). Same result as one device, to float rounding.
 
     Returns
     -------
@@ -237,7 +243,8 @@ def fit_cavi(
     if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
     factors, losses, iterations, converged = cavi_factors(
-        problem, init=init, seed=seed, max_iter=max_iter, tol=tol, progress=progress)
+        problem, init=init, seed=seed, max_iter=max_iter, tol=tol, progress=progress,
+        devices=devices)
     W, H = draw_factors(factors, int(seed), int(num_draws))
     draws = {"W": W[None], "H": H[None]}
     info = {"algorithm": "cavi-gamma", "iterations": iterations, "converged": converged}

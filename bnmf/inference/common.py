@@ -7,6 +7,7 @@ which costs one dispatch per chunk.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -205,6 +206,61 @@ def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: 
     Xo, WHo = (X, WH) if mask.all() else (X[mask], WH[mask])
     alpha = np.sqrt(max(np.vdot(Xo, WHo), 1e-300) / max(np.vdot(WHo, WHo), 1e-300))
     return W * alpha, H * alpha
+
+
+def check_devices(devices, n_samples: int) -> int | None:
+    """Validate ``devices`` (how many of ``jax.devices()`` to shard the sample axis over)."""
+    if devices is None:
+        return None
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise ValueError(f"devices must be a positive integer or None, got {devices!r}.")
+    available = len(jax.devices())
+    if devices > available:
+        raise ValueError(
+            f"devices={devices} but JAX sees {available} device(s); on CPU, set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=N before importing JAX."
+        )
+    if n_samples % devices:
+        raise ValueError(
+            f"devices={devices} must divide the number of samples ({n_samples}) so that every "
+            "device holds the same number of columns; choose a divisor or drop a few samples."
+        )
+    return int(devices)
+
+
+def shard_over_samples(devices: int | None, *column_blocks, replicated=()):
+    """Place arrays on the first ``devices`` devices: those of ``column_blocks`` split along
+    their last (sample) axis, those of ``replicated`` copied to every device. Compiled
+    updates then run sharded (XLA inserts the all-reduces of the sums over samples).
+
+    Returns (column_blocks, replicated) unchanged when ``devices`` is None.
+    """
+    if devices is None:
+        return column_blocks, replicated
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("observation",))
+    by_column = NamedSharding(mesh, PartitionSpec(None, "observation"))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    return (tuple(jax.device_put(a, by_column) for a in column_blocks),
+            tuple(jax.device_put(a, everywhere) for a in replicated))
+
+
+def shard_problem(problem: "Problem", W, H, devices):
+    """``problem``, W and H with the sample axis sharded over ``devices`` devices (see
+    :func:`shard_over_samples`); unchanged when ``devices`` is None. Dense X only."""
+    devices = check_devices(devices, problem.mask.shape[1] if problem.mask is not None
+                            else problem.X.shape[1])
+    if devices is None:
+        return problem, W, H
+    if problem.sparse:
+        raise ValueError("devices= shards dense X only; pass X.toarray() or devices=None.")
+    fixed = () if problem.W_fixed is None else (problem.W_fixed,)
+    (X, M, H), replicated = shard_over_samples(devices, problem.X, problem.mask, H,
+                                               replicated=(W, *fixed))
+    problem = dataclasses.replace(problem, X=X, mask=M,
+                                  W_fixed=replicated[1] if fixed else None)
+    return problem, replicated[0], H
 
 
 def floor_positive(A, relative: float = 1e-6):

@@ -34,6 +34,7 @@ from .common import (
     floor_positive,
     log_joint_unconstrained,
     run_chunks,
+    shard_problem,
     sparse_starting_point,
     starting_point,
 )
@@ -235,6 +236,7 @@ def fit_map(
     learning_rate: float = 0.02,
     W_start=None,
     H_start=None,
+    devices: int | None = None,
 ) -> RawPosterior:
     """MAP estimate of W and H (and the model's other sites).
 
@@ -249,6 +251,9 @@ def fit_map(
         Stop when the negative log joint changes by less than ``tol`` relative over a chunk.
     learning_rate : float
         Adam step size for models without closed-form updates.
+    devices : int, optional
+        Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
+        the number of samples). Same result as one device, to float rounding.
 
     Returns
     -------
@@ -257,6 +262,7 @@ def fit_map(
     model = problem.model
     if W_start is None or H_start is None:
         W_start, H_start = map_start(problem, init, seed)
+    problem, W_start, H_start = shard_problem(problem, W_start, H_start, devices)
     X, M = problem.X, problem.mask
     full, update_W = problem.fully_observed, problem.W_fixed is None
     if problem.sparse and not isinstance(model, PoissonGamma):
