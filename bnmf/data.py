@@ -31,6 +31,9 @@ class Data:
         Whether the input carried labels, so outputs should be DataFrames.
     is_counts : bool
         Whether every observed value is a non-negative integer.
+    sparse : scipy.sparse.coo_matrix of shape (n_features, n_samples), optional
+        The input itself when it was a SciPy sparse matrix (duplicates summed, float64), for the
+        O(nnz) Poisson paths (:mod:`bnmf.inference.counts`); None for dense input.
     """
 
     values: np.ndarray
@@ -39,6 +42,7 @@ class Data:
     observation_names: pd.Index
     has_labels: bool
     is_counts: bool
+    sparse: sp.coo_matrix | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -156,6 +160,7 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
     if missing not in ("error", "mask"):
         raise ValueError(f"missing must be 'error' or 'mask', got {missing!r}.")
     arr, feature_names, observation_names = _to_array_and_labels(X)
+    sparse_input = _canonical_coo(X) if sp.issparse(X) else None
     has_labels = feature_names is not None
     if arr.ndim != 2:
         raise ValueError(
@@ -230,7 +235,15 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
         observation_names=pd.Index(observation_names),
         has_labels=has_labels,
         is_counts=is_counts,
+        sparse=sparse_input,
     )
+
+
+def _canonical_coo(X) -> sp.coo_matrix:
+    """A float64 COO copy of a SciPy sparse matrix with duplicate entries summed."""
+    coo = sp.coo_matrix(X, dtype=np.float64, copy=True)
+    coo.sum_duplicates()
+    return coo
 
 
 def check_rank(rank, shape: tuple[int, int]) -> int:

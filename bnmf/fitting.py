@@ -11,7 +11,8 @@ import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
-from .models import MODELS, get_model
+from .inference.counts import sparse_counts
+from .models import MODELS, PoissonGamma, get_model
 from .posterior import Fit, build_idata
 
 __all__ = ["fit", "fit_data", "DEFAULT_METHOD"]
@@ -45,6 +46,14 @@ def _check_inference_options(method: str, options: dict) -> None:
         )
 
 
+def _problem_values(data: Data, model, method: str, dtype: str):
+    """X for the Problem: SciPy sparse input goes to the O(nnz) Poisson paths (``map`` and
+    ``cavi`` of the Poisson–gamma model) as SparseCounts, everything else as a dense array."""
+    if data.sparse is not None and method in ("map", "cavi") and isinstance(model, PoissonGamma):
+        return sparse_counts(data.sparse, None if data.fully_observed else data.mask, dtype)
+    return jnp.asarray(data.values, dtype=dtype)
+
+
 def fit_data(data: Data, rank: int, model, method: str, seed: int = 0, dtype: str = "float32",
              W_fixed=None, **options) -> Fit:
     """Fit a validated :class:`~bnmf.data.Data` (the engine behind :func:`fit`).
@@ -61,7 +70,7 @@ def fit_data(data: Data, rank: int, model, method: str, seed: int = 0, dtype: st
     resolved = model.resolve(data, rank)
     with jax.enable_x64(dtype == "float64"):
         problem = Problem(
-            X=jnp.asarray(data.values, dtype=dtype),
+            X=_problem_values(data, resolved, method, dtype),
             mask=jnp.asarray(data.mask),
             rank=rank,
             model=resolved,

@@ -721,8 +721,11 @@ class TestFitAccept:
         X[X < 3] = 0
         dense = bnmf.fit(X, 2, method="map", max_iter=20)
         sparse = bnmf.fit(sp.coo_matrix(X).asformat(fmt), 2, method="map", max_iter=20)
-        np.testing.assert_array_equal(np.asarray(sparse.W), np.asarray(dense.W))
-        np.testing.assert_array_equal(np.asarray(sparse.H), np.asarray(dense.H))
+        # Sparse counts take the O(nnz) path: the same updates, summed in another order.
+        np.testing.assert_allclose(np.asarray(sparse.W), np.asarray(dense.W), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(sparse.H), np.asarray(dense.H), rtol=1e-4,
+                                   atol=1e-4)
 
     def test_int_and_bool_arrays(self):
         X = counts((6, 5)).astype(np.int64)

@@ -1,10 +1,11 @@
 """Inference: pure functions from (problem, options, seed) to raw draws and traces."""
 
+from .cavi import fit_cavi
 from .common import Problem, RawPosterior
 from .map import fit_map
 from .nuts import fit_nuts
 from .svi import fit_svi
 
-METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts}
+METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts, "cavi": fit_cavi}
 
-__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "METHODS"]
+__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "fit_cavi", "METHODS"]

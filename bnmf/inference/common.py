@@ -7,14 +7,18 @@ which costs one dispatch per chunk.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse as sp
 from numpyro.infer.util import log_density
 from tqdm.auto import tqdm
+
+from .counts import SparseCounts
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,11 @@ class Problem:
 
     Attributes
     ----------
-    X : jax array of shape (n_features, n_samples)
-        Observed values, 0 where unobserved.
-    mask : jax bool array of shape (n_features, n_samples)
+    X : jax array of shape (n_features, n_samples), or SparseCounts
+        Observed values, 0 where unobserved; or (Poisson ``map`` and ``cavi`` only) the
+        non-zero counts and unobserved entries in O(nnz) form
+        (:func:`bnmf.inference.counts.sparse_counts`).
+    mask : jax bool array of shape (n_features, n_samples); None with SparseCounts
     rank : int
     model : a resolved bnmf model object
     W_fixed : jax array of shape (n_features, rank), optional
@@ -39,7 +45,14 @@ class Problem:
     W_fixed: Any = None
 
     @property
+    def sparse(self) -> bool:
+        """Whether X is a :class:`~bnmf.inference.counts.SparseCounts` (its mask inside)."""
+        return isinstance(self.X, SparseCounts)
+
+    @property
     def fully_observed(self) -> bool:
+        if self.sparse:
+            return self.X.fully_observed
         return bool(np.asarray(self.mask).all())
 
     def model_args(self):
@@ -71,8 +84,25 @@ def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator, power_it
     for _ in range(power_iterations):
         Q, _ = np.linalg.qr(A.T @ Q)
         Q, _ = np.linalg.qr(A @ Q)
-    U_small, S, Vt = np.linalg.svd(Q.T @ A, full_matrices=False)
+    U_small, S, Vt = np.linalg.svd(np.asarray((A.T @ Q).T), full_matrices=False)
     return (Q @ U_small)[:, :rank], S[:rank], Vt[:rank]
+
+
+def leading_svd(A: np.ndarray, rank: int, rng: np.random.Generator, exact_below: int = 512):
+    """Leading ``rank`` singular triplets of A: exact from the smaller Gram matrix when one side
+    has at most ``exact_below`` entries (one pass over A, a tiny eigenproblem), else randomized.
+    """
+    if min(A.shape) > exact_below:
+        return _randomized_svd(A, rank, rng)
+    transpose = A.shape[0] > A.shape[1]
+    B = A.T if transpose else A  # the short side first: B (short, long); dense or SciPy sparse
+    gram = B @ B.T
+    values, vectors = np.linalg.eigh(gram.toarray() if hasattr(gram, "toarray") else gram)
+    order = np.argsort(values)[::-1][:rank]
+    S = np.sqrt(np.maximum(values[order], 0.0))
+    U = vectors[:, order]
+    Vt = np.asarray((B.T @ U).T) / np.maximum(S, 1e-300)[:, None]
+    return (Vt.T, S, U.T) if transpose else (U, S, Vt)
 
 
 def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
@@ -82,12 +112,20 @@ def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
     by the data mean, as scikit-learn's ``init="nndsvda"`` does, so multiplicative updates can
     move every entry.
     """
-    filled = np.where(mask, X, 0.0)
-    row_mean = filled.sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
-    filled = np.where(mask, X, row_mean)
-    U, S, Vt = _randomized_svd(filled, rank, np.random.default_rng(seed))
-    W = np.zeros((X.shape[0], rank))
-    H = np.zeros((rank, X.shape[1]))
+    if mask.all():
+        filled = X
+    else:
+        row_mean = np.where(mask, X, 0.0).sum(axis=1, keepdims=True) / mask.sum(axis=1, keepdims=True)
+        filled = np.where(mask, X, row_mean)
+    U, S, Vt = leading_svd(filled, rank, np.random.default_rng(seed))
+    return _nonnegative_parts(U, S, Vt, filled.mean())
+
+
+def _nonnegative_parts(U, S, Vt, mean: float):
+    """NNDSVDa's W, H from the leading singular triplets; entries near 0 are set to ``mean``."""
+    rank = S.shape[0]
+    W = np.zeros((U.shape[0], rank))
+    H = np.zeros((rank, Vt.shape[1]))
     W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
     H[0] = np.sqrt(S[0]) * np.abs(Vt[0])
     for k in range(1, rank):
@@ -102,10 +140,45 @@ def nndsvda(X: np.ndarray, mask: np.ndarray, rank: int, seed: int = 0):
             uu, vv, sigma = un / max(np.linalg.norm(un), 1e-300), vn / max(np.linalg.norm(vn), 1e-300), norm_n
         W[:, k] = np.sqrt(S[k] * sigma) * uu
         H[k] = np.sqrt(S[k] * sigma) * vv
-    mean = filled.mean()
     W[W < 1e-12 * mean] = mean
     H[H < 1e-12 * mean] = mean
     return W, H
+
+
+def sparse_starting_point(X, hidden: tuple, rank: int, init: str, seed: int):
+    """:func:`starting_point` for a SciPy sparse X (observed non-zero counts) whose unobserved
+    entries are ``hidden = (rows, cols)``: the same starts, in O(nnz · rank) memory and time.
+
+    As in :func:`nndsvda`, unobserved entries are filled with their feature's observed mean,
+    which adds only one stored entry per unobserved entry.
+    """
+    X = X.tocsr()
+    hidden_rows, hidden_cols = (np.asarray(h) for h in hidden)
+    n_observed = X.shape[0] * X.shape[1] - hidden_rows.size
+    mean = X.sum() / n_observed
+    if init == "nndsvda":
+        filled = X
+        if hidden_rows.size:
+            per_row = X.shape[1] - np.bincount(hidden_rows, minlength=X.shape[0])
+            row_mean = np.asarray(X.sum(axis=1)).ravel() / per_row
+            filled = X + sp.csr_matrix((row_mean[hidden_rows], (hidden_rows, hidden_cols)),
+                                       shape=X.shape)
+        U, S, Vt = leading_svd(filled, rank, np.random.default_rng(seed))
+        W, H = _nonnegative_parts(U, S, Vt, filled.sum() / (X.shape[0] * X.shape[1]))
+    elif init == "random":
+        rng = np.random.default_rng(seed)
+        scale = np.sqrt(mean / rank) * 2.0
+        W = rng.uniform(0, 1, (X.shape[0], rank)) * scale
+        H = rng.uniform(0, 1, (rank, X.shape[1])) * scale
+    else:
+        raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
+    coo = X.tocoo()
+    x_dot_wh = np.sum(coo.data * np.einsum("nk,kn->n", W[coo.row], H[:, coo.col]))
+    wh_sq = np.sum((W.T @ W) * (H @ H.T))
+    if hidden_rows.size:
+        wh_sq -= np.sum(np.einsum("nk,kn->n", W[hidden_rows], H[:, hidden_cols]) ** 2)
+    alpha = np.sqrt(max(x_dot_wh, 1e-300) / max(wh_sq, 1e-300))
+    return W * alpha, H * alpha
 
 
 def random_start(X: np.ndarray, mask: np.ndarray, rank: int, seed: int):
@@ -129,9 +202,65 @@ def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: 
         W, H = random_start(X, mask, rank, seed)
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    WH = (W @ H)[mask]
-    alpha = np.sqrt(max(np.dot(X[mask], WH), 1e-300) / max(np.dot(WH, WH), 1e-300))
+    WH = W @ H
+    Xo, WHo = (X, WH) if mask.all() else (X[mask], WH[mask])
+    alpha = np.sqrt(max(np.vdot(Xo, WHo), 1e-300) / max(np.vdot(WHo, WHo), 1e-300))
     return W * alpha, H * alpha
+
+
+def check_devices(devices, n_samples: int) -> int | None:
+    """Validate ``devices`` (how many of ``jax.devices()`` to shard the sample axis over)."""
+    if devices is None:
+        return None
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise ValueError(f"devices must be a positive integer or None, got {devices!r}.")
+    available = len(jax.devices())
+    if devices > available:
+        raise ValueError(
+            f"devices={devices} but JAX sees {available} device(s); on CPU, set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=N before importing JAX."
+        )
+    if n_samples % devices:
+        raise ValueError(
+            f"devices={devices} must divide the number of samples ({n_samples}) so that every "
+            "device holds the same number of columns; choose a divisor or drop a few samples."
+        )
+    return int(devices)
+
+
+def shard_over_samples(devices: int | None, *column_blocks, replicated=()):
+    """Place arrays on the first ``devices`` devices: those of ``column_blocks`` split along
+    their last (sample) axis, those of ``replicated`` copied to every device. Compiled
+    updates then run sharded (XLA inserts the all-reduces of the sums over samples).
+
+    Returns (column_blocks, replicated) unchanged when ``devices`` is None.
+    """
+    if devices is None:
+        return column_blocks, replicated
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("observation",))
+    by_column = NamedSharding(mesh, PartitionSpec(None, "observation"))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    return (tuple(jax.device_put(a, by_column) for a in column_blocks),
+            tuple(jax.device_put(a, everywhere) for a in replicated))
+
+
+def shard_problem(problem: "Problem", W, H, devices):
+    """``problem``, W and H with the sample axis sharded over ``devices`` devices (see
+    :func:`shard_over_samples`); unchanged when ``devices`` is None. Dense X only."""
+    devices = check_devices(devices, problem.mask.shape[1] if problem.mask is not None
+                            else problem.X.shape[1])
+    if devices is None:
+        return problem, W, H
+    if problem.sparse:
+        raise ValueError("devices= shards dense X only; pass X.toarray() or devices=None.")
+    fixed = () if problem.W_fixed is None else (problem.W_fixed,)
+    (X, M, H), replicated = shard_over_samples(devices, problem.X, problem.mask, H,
+                                               replicated=(W, *fixed))
+    problem = dataclasses.replace(problem, X=X, mask=M,
+                                  W_fixed=replicated[1] if fixed else None)
+    return problem, replicated[0], H
 
 
 def floor_positive(A, relative: float = 1e-6):

@@ -31,14 +31,27 @@ from jax.scipy.special import gammaln, xlogy
 
 from ..models import GaussianHalfNormal, PoissonGamma
 from ..models.gaussian import gaussian_log_likelihood
-from ..models.poisson import poisson_log_likelihood, poisson_rate
+from ..models.poisson import poisson_log_likelihood
 from .common import (
     Problem,
     RawPosterior,
     floor_positive,
     log_joint_unconstrained,
     run_chunks,
+    shard_problem,
+    sparse_starting_point,
     starting_point,
+)
+from .counts import (
+    DenseCounts,
+    log_factorial_sum,
+    mask_left,
+    mask_right,
+    ratio_left,
+    ratio_right,
+    sum_rate,
+    sum_x_log_rate,
+    to_scipy,
 )
 
 __all__ = ["fit_map", "map_start"]
@@ -59,25 +72,42 @@ def poisson_neg_log_joint(W, H, X, M, hyper, log_space: bool):
              + gamma_log_density(H, a, rate_H, log_space))
 
 
-@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
-def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space):
+def poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space: bool):
+    """:func:`poisson_neg_log_joint` through the dense-or-sparse operations of
+    :mod:`~bnmf.inference.counts`; ``log_factorials`` is the constant Σ M log X!."""
+    a, rate_W, rate_H = hyper
+    ll = sum_x_log_rate(counts, W, H) - sum_rate(counts, W, H) - log_factorials
+    return -(ll + gamma_log_density(W, a, rate_W, log_space)
+             + gamma_log_density(H, a, rate_H, log_space))
+
+
+@partial(jax.jit, static_argnames=("n_steps", "update_W", "log_space"))
+def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, *, n_steps, update_W,
+                             log_space):
+    """``n_steps`` multiplicative MM updates on dense or sparse counts, then the loss."""
     a, rate_W, rate_H = hyper
     power = a if log_space else a - 1.0
-    Mf = M.astype(X.dtype)
 
     def step(carry, _):
         W, H = carry
         if update_W:
-            R = Mf * X / poisson_rate(W, H)
-            denom = H.sum(axis=1)[None, :] if full else Mf @ H.T
-            W = (W * (R @ H.T) + power) / (denom + rate_W)
-        R = Mf * X / poisson_rate(W, H)
-        denom = W.sum(axis=0)[:, None] if full else W.T @ Mf
-        H = (H * (W.T @ R) + power) / (denom + rate_H)
+            W = (W * ratio_right(counts, W, H) + power) / (mask_right(counts, H) + rate_W)
+        H = (H * ratio_left(counts, W, H) + power) / (mask_left(counts, W) + rate_H)
         return (W, H), None
 
     (W, H), _ = lax.scan(step, (W, H), None, length=n_steps)
-    return W, H, poisson_neg_log_joint(W, H, X, M, hyper, log_space)[None]
+    loss = poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space)
+    return W, H, loss[None]
+
+
+@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
+def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space):
+    """Dense entry point (kept for callers that vmap over masks, e.g. restarts)."""
+    Mf = M.astype(X.dtype)
+    counts = DenseCounts(X, None if full else Mf)
+    log_factorials = jnp.sum(Mf * gammaln(X + 1.0))
+    return _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, n_steps=n_steps,
+                                    update_W=update_W, log_space=log_space)
 
 
 # ---------------------------------------------------------------------------- Gaussian (MM)
@@ -114,6 +144,7 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
     Mf = M.astype(X.dtype)
     n_observed = Mf.sum()
     tiny = jnp.finfo(X.dtype).tiny
+    sq_norm = jnp.sum(X * X) if full else None
 
     def step(carry, _):
         W, H, sigma = carry
@@ -121,12 +152,17 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
         if full:  # exact block coordinate descent
             if update_W:
                 W = _hals_columns(W, X @ H.T, H @ H.T, var / scale_W**2)
-            H = _hals_columns(H.T, X.T @ W, W.T @ W, var / scale_H**2).T
+            XtW, WtW = X.T @ W, W.T @ W
+            H = _hals_columns(H.T, XtW, WtW, var / scale_H**2).T
+            # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over
+            # X: ‖X‖² − 2⟨H, WᵀX⟩ + ⟨WᵀW, HHᵀ⟩ (floored at 0 against rounding).
+            rss = jnp.maximum(sq_norm - 2.0 * jnp.sum(H * XtW.T) + jnp.sum(WtW * (H @ H.T)),
+                              0.0)
         else:  # multiplicative updates of the masked, ridge-penalised objective
             if update_W:
                 W = W * ((Mf * X) @ H.T) / ((Mf * (W @ H)) @ H.T + var / scale_W**2 * W + tiny)
             H = H * (W.T @ (Mf * X)) / (W.T @ (Mf * (W @ H)) + var / scale_H**2 * H + tiny)
-        rss = jnp.sum(Mf * (X - W @ H) ** 2)
+            rss = jnp.sum(Mf * (X - W @ H) ** 2)
         sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
         return (W, H, sigma), None
 
@@ -171,13 +207,29 @@ def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, l
 # ------------------------------------------------------------------------------- public
 def map_start(problem: Problem, init: str, seed: int):
     """Starting W (n_features, rank) and H (rank, n_samples) as arrays of X's dtype."""
-    X, M = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.mask)
-    W, H = starting_point(X, M, problem.rank, init, seed)
+    if problem.sparse:
+        X = to_scipy(problem.X)
+        hidden = (np.asarray(problem.X.hidden_rows), np.asarray(problem.X.hidden_cols))
+        W, H = sparse_starting_point(X, hidden, problem.rank, init, seed)
+        observed_mean = X.sum() / (X.shape[0] * X.shape[1] - hidden[0].size)
+    else:
+        X, M = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.mask)
+        W, H = starting_point(X, M, problem.rank, init, seed)
+        observed_mean = X[M].mean()
     if problem.W_fixed is not None:
         W = np.asarray(problem.W_fixed, dtype=np.float64)
-        H = np.full_like(H, X[M].mean() / max(W.sum(axis=0).mean(), 1e-300))
+        H = np.full_like(H, observed_mean / max(W.sum(axis=0).mean(), 1e-300))
     dtype = problem.X.dtype
     return jnp.asarray(W, dtype), jnp.asarray(H, dtype)
+
+
+def poisson_counts(problem: Problem):
+    """The problem's data for the Poisson updates: its SparseCounts, or X with the mask as
+    floats (None when every entry is observed, which saves a product per update)."""
+    if problem.sparse:
+        return problem.X
+    X = problem.X
+    return DenseCounts(X, None if problem.fully_observed else problem.mask.astype(X.dtype))
 
 
 def _likelihood_model(model):
@@ -198,6 +250,7 @@ def fit_map(
     learning_rate: float = 0.02,
     W_start=None,
     H_start=None,
+    devices: int | None = None,
 ) -> RawPosterior:
     """MAP estimate of W and H (and the model's other sites).
 
@@ -212,6 +265,9 @@ def fit_map(
         Stop when the negative log joint changes by less than ``tol`` relative over a chunk.
     learning_rate : float
         Adam step size for models without closed-form updates.
+    devices : int, optional
+        Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
+        the number of samples). Same result as one device, to float rounding.
 
     Returns
     -------
@@ -220,16 +276,25 @@ def fit_map(
     model = problem.model
     if W_start is None or H_start is None:
         W_start, H_start = map_start(problem, init, seed)
+    problem, W_start, H_start = shard_problem(problem, W_start, H_start, devices)
     X, M = problem.X, problem.mask
     full, update_W = problem.fully_observed, problem.W_fixed is None
+    if problem.sparse and not isinstance(model, PoissonGamma):
+        raise ValueError(
+            f"sparse input is fitted in O(nnz) only for model='poisson' (got "
+            f"{getattr(model, 'name', model)!r}); pass X.toarray() for this model."
+        )
     if isinstance(model, PoissonGamma):
         log_space = model.a < 1.0
         hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+        counts = poisson_counts(problem)
+        log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
         chunk = 10
 
         def step_chunk(state):
-            W, H, loss = _poisson_mm_chunk(*state, X, M, hyper, n_steps=chunk, update_W=update_W,
-                                           full=full, log_space=log_space)
+            W, H, loss = _poisson_mm_counts_chunk(*state, counts, hyper, log_factorials,
+                                                  n_steps=chunk, update_W=update_W,
+                                                  log_space=log_space)
             return (W, H), loss
 
         (W, H), losses, iterations, converged = run_chunks(
@@ -281,6 +346,11 @@ def posterior_start(problem: Problem, init: str, seed: int, max_iter: int = 500)
     Values are in NumPyro's layout (``H`` as (n_samples, rank)) and floored away from 0, since
     both samplers work in log space.
     """
+    if problem.sparse:
+        raise ValueError(
+            "sparse input is fitted in O(nnz) by method='map' and method='cavi' only; pass "
+            "X.toarray() for SVI or NUTS."
+        )
     start = fit_map(problem, init=init, seed=seed, max_iter=max_iter, tol=1e-5, progress=False)
     values = {name: jnp.asarray(draw[0, 0]) for name, draw in start.draws.items()}
     W = floor_positive(values.pop("W"))

@@ -1,0 +1,152 @@
+"""Fast paths give the generic paths' answers: sparse counts in O(nnz), the HALS noise update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers import simulate
+
+import bnmf
+from bnmf.inference import Problem, fit_map, fit_svi
+from bnmf.inference.counts import (
+    DenseCounts,
+    log_factorial_sum,
+    mask_left,
+    mask_right,
+    ratio_left,
+    ratio_right,
+    sparse_counts,
+    sum_rate,
+    sum_x_log_rate,
+)
+from bnmf.models import GaussianHalfNormal, PoissonGamma
+
+RNG = np.random.default_rng(0)
+X_SPARSE = sp.random(25, 35, density=0.15, random_state=1, format="csr",
+                     data_rvs=lambda n: RNG.integers(1, 30, n).astype(float))
+MASK = RNG.uniform(size=X_SPARSE.shape) > 0.1
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sparse_operations_equal_dense(masked):
+    mask = MASK if masked else None
+    with jax.enable_x64(True):
+        A = jnp.asarray(RNG.gamma(1.0, 1.0, (25, 3)))
+        B = jnp.asarray(RNG.gamma(1.0, 1.0, (3, 35)))
+        sparse = sparse_counts(X_SPARSE, mask, dtype="float64")
+        M = np.ones(X_SPARSE.shape) if mask is None else mask.astype(float)
+        dense = DenseCounts(jnp.asarray(X_SPARSE.toarray()), None if mask is None
+                            else jnp.asarray(M))
+        for op, args in ((ratio_right, (A, B)), (ratio_left, (A, B)), (mask_right, (B,)),
+                         (mask_left, (A,)), (sum_x_log_rate, (A, B)), (sum_rate, (A, B))):
+            np.testing.assert_allclose(op(sparse, *args), op(dense, *args), rtol=1e-12,
+                                       err_msg=op.__name__)
+        assert log_factorial_sum(sparse) == pytest.approx(log_factorial_sum(dense), rel=1e-12)
+    # O(nnz) storage: only the observed non-zero counts and the unobserved entries.
+    assert sparse.values.shape[0] == int(((X_SPARSE.toarray() > 0) & (M > 0)).sum())
+    assert sparse.hidden_rows.shape[0] == (0 if mask is None else int((~mask).sum()))
+
+
+@pytest.mark.parametrize("method", ["map", "cavi"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_sparse_fit_equals_dense_fit(method, masked):
+    mask = MASK if masked else None
+    options = {"max_iter": 200, "tol": 0.0, "progress": False, "dtype": "float64"}
+    if method == "cavi":
+        options["num_draws"] = 20
+    dense = bnmf.fit(X_SPARSE.toarray(), 3, method=method, mask=mask, **options)
+    sparse = bnmf.fit(X_SPARSE, 3, method=method, mask=mask, **options)
+    np.testing.assert_allclose(sparse.losses, dense.losses, rtol=1e-9)
+    np.testing.assert_allclose(sparse.W, dense.W, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(sparse.H, dense.H, rtol=1e-6, atol=1e-9)
+
+
+def test_sparse_counts_at_unobserved_entries_are_ignored():
+    changed = X_SPARSE.toarray()
+    changed[~MASK] = 1000.0
+    a = bnmf.fit(X_SPARSE, 3, method="cavi", mask=MASK, progress=False, dtype="float64",
+                 num_draws=10)
+    b = bnmf.fit(sp.csr_matrix(changed), 3, method="cavi", mask=MASK, progress=False,
+                 dtype="float64", num_draws=10)
+    np.testing.assert_allclose(a.W, b.W, rtol=1e-10)
+
+
+def test_sparse_problem_refuses_what_it_cannot_do():
+    counts = sparse_counts(X_SPARSE)
+    gaussian = GaussianHalfNormal(1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="O\\(nnz\\) only for model='poisson'"):
+        fit_map(Problem(counts, None, 2, gaussian), progress=False)
+    poisson = PoissonGamma(1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="method='map' and method='cavi' only"):
+        fit_svi(Problem(counts, None, 2, poisson), progress=False)
+
+
+def test_hals_noise_update_from_products_matches_direct_residual():
+    """The full-data HALS path gets ‖X − WH‖² from products; the masked path sums residuals.
+    With an all-True mask passed as 'not full', both must take the same steps."""
+    from bnmf.inference.map import _gaussian_mm_chunk
+
+    X, _, _ = simulate(30, 40, rank=3, likelihood="gaussian", seed=2)
+    with jax.enable_x64(True):
+        Xj = jnp.asarray(X)
+        M = jnp.ones(X.shape, bool)
+        W0, H0 = jnp.asarray(RNG.uniform(size=(30, 3))), jnp.asarray(RNG.uniform(size=(3, 40)))
+        hyper = jnp.asarray([10.0, 10.0, 10.0])
+        W, H, sigma, _ = _gaussian_mm_chunk(W0, H0, 1.0, Xj, M, hyper, n_steps=5,
+                                            update_W=True, full=True)
+        rss = np.sum((X - np.asarray(W) @ np.asarray(H)) ** 2)
+        n = X.size
+        expected = np.sqrt(2 * rss / (n + np.sqrt(n**2 + 4 * rss / 100.0)))
+        np.testing.assert_allclose(sigma, expected, rtol=1e-8)
+
+
+# ------------------------------------------------------------------ sharding over devices
+SHARDED_SCRIPT = """
+import jax, numpy as np, bnmf
+from bnmf.inference.common import shard_problem, Problem
+from helpers import simulate
+
+assert len(jax.devices()) == 4, jax.devices()
+X, _, _ = simulate(24, 40, rank=3, counts_per_sample=400, seed=5)
+with jax.enable_x64(True):
+    problem = Problem(jax.numpy.asarray(X), jax.numpy.ones(X.shape, bool), 3, None)
+    sharded, W, H = shard_problem(problem, jax.numpy.ones((24, 3)), jax.numpy.ones((3, 40)), 4)
+assert len(sharded.X.sharding.device_set) == 4 and len(H.sharding.device_set) == 4
+mask = np.random.default_rng(0).uniform(size=X.shape) > 0.1
+for model, method, mask_ in (("poisson", "map", None), ("poisson", "cavi", mask),
+                             ("gaussian", "map", None)):
+    extra = {"num_draws": 20} if method == "cavi" else {}
+    fits = [bnmf.fit(X, 3, model=model, method=method, mask=mask_, dtype="float64",
+                     progress=False, max_iter=100, tol=0.0, devices=devices, **extra)
+            for devices in (None, 4)]
+    np.testing.assert_allclose(fits[1].losses, fits[0].losses, rtol=1e-9)
+    np.testing.assert_allclose(fits[1].W, fits[0].W, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(fits[1].H, fits[0].H, rtol=1e-7, atol=1e-9)
+print("sharded fits equal")
+"""
+
+
+def test_fits_sharded_over_four_host_devices_equal_one_device():
+    """Run in a subprocess: the device count is fixed when JAX starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=tests.parent,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sharded fits equal" in result.stdout
+
+
+def test_devices_option_is_checked():
+    X, _, _ = simulate(10, 15, rank=2, seed=1)
+    with pytest.raises(ValueError, match="devices must be a positive integer"):
+        bnmf.fit(X, 2, method="map", devices=0, progress=False)
+    with pytest.raises(ValueError, match="JAX sees"):
+        bnmf.fit(X, 2, method="cavi", devices=len(jax.devices()) + 1, progress=False)
