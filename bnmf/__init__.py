@@ -7,6 +7,7 @@
 from . import models
 from .fitting import fit
 from .posterior import Fit, load
+from .selection import RankSelection, select_rank
 
-__all__ = ["fit", "Fit", "load", "models"]
+__all__ = ["fit", "Fit", "load", "models", "select_rank", "RankSelection"]
 __version__ = "0.1.0"
