@@ -64,6 +64,9 @@ class BatchFit(NamedTuple):
         SVI guide parameters with a leading B axis (``loc``, ``log_scale``, ...).
     unravel : callable or None
         Maps a flat ``u`` (one member's) to the dict of log-site values (NumPyro layout).
+    sampler : callable or None
+        ``sampler(guide_of_one_member, keys)``: one draw of every site per key (NumPyro
+        layout), compiled once for the batch.
     """
 
     values: dict
@@ -73,6 +76,7 @@ class BatchFit(NamedTuple):
     iterations: int
     guide: dict | None = None
     unravel: Callable | None = None
+    sampler: Callable | None = None
 
 
 def batch_starts(X: np.ndarray, masks: np.ndarray, rank: int, inits, seeds, dtype):
@@ -271,17 +275,14 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
     medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])
     values = {name: np.asarray(v) for name, v in medians.items()}
     values["H"] = np.swapaxes(values["H"], -1, -2)
+    @jax.jit
+    def sampler(member_params, keys):
+        return jax.vmap(lambda k: jax.tree.map(
+            jnp.exp, unravel(_guide_sample(member_params, k))))(keys)
+
     return BatchFit(values=values, losses=losses, elbo=elbo, converged=converged,
                     iterations=iterations, guide=jax.tree.map(np.asarray, params),
-                    unravel=unravel)
-
-
-def _draw_member(guide: dict, unravel, key, num_draws: int) -> dict:
-    """``num_draws`` draws of every site from one member's guide (NumPyro layout)."""
-    params = jax.tree.map(jnp.asarray, guide)
-    keys = jax.random.split(key, num_draws)
-    return jax.jit(jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k)))))(
-        keys)
+                    unravel=unravel, sampler=sampler)
 
 
 def member_raw(batch: BatchFit, index: int, problem: Problem, *, seed: int = 0,
@@ -289,8 +290,8 @@ def member_raw(batch: BatchFit, index: int, problem: Problem, *, seed: int = 0,
     """One member of a batch as a :class:`RawPosterior` (what :func:`bnmf.posterior.build_idata`
     takes): ``num_draws`` guide draws for SVI, the point estimate for MAP."""
     if batch.guide is not None:
-        guide = jax.tree.map(lambda v: v[index], batch.guide)
-        samples = _draw_member(guide, batch.unravel, key_from_seed(seed), num_draws)
+        guide = jax.tree.map(lambda v: jnp.asarray(v[index]), batch.guide)
+        samples = batch.sampler(guide, jax.random.split(key_from_seed(seed), num_draws))
         draws = to_bnmf_layout({k: v[None] for k, v in samples.items()}, problem)
         elbo = float(batch.elbo[index])
     else:
