@@ -1,13 +1,14 @@
 """bnmf: probabilistic (Bayesian) non-negative matrix factorization with NumPyro and JAX.
 
 ``X ≈ W H`` with X features × samples, W the parts (features × rank) and H their activities
-(rank × samples). See ``bnmf.fit``.
+(rank × samples). See ``bnmf.fit``, ``bnmf.select_rank`` and ``bnmf.refit``.
 """
 
 from . import models
 from .fitting import fit
 from .posterior import Fit, load
+from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
-__all__ = ["BayesianNMF", "Fit", "fit", "load", "models"]
+__all__ = ["BayesianNMF", "Fit", "RankSelection", "fit", "load", "models", "select_rank"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: ``bnmf fit`` and ``bnmf demo``."""
+"""Command line: ``bnmf fit``, ``bnmf select-rank`` and ``bnmf demo``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,44 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def parse_ranks(text: str) -> list[int]:
+    """Ranks from ``"2-10"``, ``"2,3,5"`` or ``"2-4,6"``."""
+    ranks = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            ranks.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ValueError(f"--ranks must look like 2-10 or 2,3,5, got {text!r}.") from None
+    if not ranks:
+        raise ValueError(f"--ranks {text!r} names no rank; use e.g. 2-10.")
+    return ranks
+
+
+def _cmd_select_rank(args) -> int:
+    from . import select_rank
+    from .io import read_matrix
+
+    X = read_matrix(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sel = select_rank(X, ranks=parse_ranks(args.ranks), model=args.model,
+                      method=args.method or "svi", holdout=args.holdout, folds=args.folds,
+                      restarts=args.restarts, seed=args.seed,
+                      missing="mask" if args.missing_as_mask else "error", dtype=args.dtype,
+                      checkpoint=out / "checkpoint.nc", progress=True if args.progress else None,
+                      **({} if args.draws is None else {"num_draws": args.draws}))
+    table_path, plot_path = out / "rank_selection.csv", out / "rank_selection.png"
+    sel.table.to_csv(table_path)
+    sel.plot().savefig(plot_path, dpi=110)
+    written = [table_path, plot_path] + _write_outputs(
+        sel.fits[sel.best_rank], out / f"fit_rank{sel.best_rank}.nc", None)
+    print(sel.table.to_string(float_format=lambda v: f"{v:.4g}"))
+    print(f"best rank: {sel.best_rank}: {sel.reason}")
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from . import fit
     from .datasets import BREAST21_CITATION, load_breast21
@@ -118,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="treat NaN/empty cells as unobserved entries")
     common(p_fit)
     p_fit.set_defaults(handler=_cmd_fit)
+
+    p_sel = sub.add_parser("select-rank", help="compare ranks: held-out density, ELBO, stability")
+    p_sel.add_argument("data", help="CSV/TSV (first column = feature names), .npz, .mtx or .h5ad")
+    p_sel.add_argument("--ranks", default="2-10", help="e.g. 2-10 or 2,3,5 (default 2-10)")
+    p_sel.add_argument("--model", choices=["poisson", "gaussian", "horseshoe"], default="poisson")
+    p_sel.add_argument("--out", default="sweep", help="output folder (default sweep); its "
+                       "checkpoint.nc lets an interrupted sweep resume")
+    p_sel.add_argument("--holdout", type=float, default=0.1)
+    p_sel.add_argument("--folds", type=int, default=3)
+    p_sel.add_argument("--restarts", type=int, default=4)
+    p_sel.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p_sel.add_argument("--missing-as-mask", action="store_true",
+                       help="treat NaN/empty cells as unobserved entries")
+    common(p_sel)
+    p_sel.set_defaults(handler=_cmd_select_rank)
 
     p_demo = sub.add_parser("demo", help="signatures of 21 breast cancers (bundled data)")
     p_demo.add_argument("--rank", "-k", type=int, default=5)

@@ -1,0 +1,308 @@
+"""Many fits of one rank at once: restarts and cross-validation folds batched with ``jax.vmap``.
+
+Rank selection fits the same model many times at one rank: from several starting points
+(restarts) and on several training masks (folds). Every member of such a batch has the same
+shapes, so one compiled program runs them all: ``vmap`` over a leading batch axis of starting
+points, masks and random keys. The building blocks are those of :mod:`bnmf.inference.map` and
+:mod:`bnmf.inference.svi` (the multiplicative/HALS chunks, the log-space guide and its entropy),
+so a member of a batch follows the same algorithm as :func:`~bnmf.inference.fit_map` or
+:func:`~bnmf.inference.fit_svi` with a masked problem.
+
+Differences from the single fits, and why:
+
+* every member runs the masked updates (``full=False``): members differ in their masks, and
+  one program serves them all (for Poisson the masked update equals the full one on a full
+  mask; for Gaussian it is the masked multiplicative MM instead of HALS, same objective);
+* the batch stops when every member has converged (members that converged earlier keep
+  stepping, which does not hurt an MM or a converged SVI).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from ..models import GaussianHalfNormal, PoissonGamma
+from .common import (
+    Problem,
+    RawPosterior,
+    floor_positive,
+    key_from_seed,
+    log_joint_unconstrained,
+    starting_point,
+    to_bnmf_layout,
+)
+from .map import _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
+from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample
+
+__all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "member_raw", "keys_for"]
+
+
+class BatchFit(NamedTuple):
+    """Result of a batch of fits at one rank (leading axis B = members).
+
+    Attributes
+    ----------
+    values : dict of arrays
+        Point estimates in bnmf's layout: ``W`` (B, n_features, rank), ``H`` (B, rank,
+        n_samples) and the model's other sites. For SVI, the guide's median exp(loc).
+    losses : ndarray of shape (B, n_steps)
+        Optimisation trace per member (negative log joint for MAP, negative ELBO for SVI).
+    elbo : ndarray of shape (B,) or None
+        Final ELBO estimate per member (SVI).
+    converged : ndarray of bool, shape (B,)
+    iterations : int
+        Steps taken (the same for every member).
+    guide : dict of arrays or None
+        SVI guide parameters with a leading B axis (``loc``, ``log_scale``, ...).
+    unravel : callable or None
+        Maps a flat ``u`` (one member's) to the dict of log-site values (NumPyro layout).
+    sampler : callable or None
+        ``sampler(guide_of_one_member, keys)``: one draw of every site per key (NumPyro
+        layout), compiled once for the batch.
+    """
+
+    values: dict
+    losses: np.ndarray
+    elbo: np.ndarray | None
+    converged: np.ndarray
+    iterations: int
+    guide: dict | None = None
+    unravel: Callable | None = None
+    sampler: Callable | None = None
+
+
+def batch_starts(X: np.ndarray, masks: np.ndarray, rank: int, inits, seeds, dtype):
+    """Starting W (B, n_features, rank) and H (B, rank, n_samples), one per member.
+
+    ``masks`` is (B, n_features, n_samples); ``inits`` and ``seeds`` give each member's
+    ``init`` ("nndsvda" or "random") and seed, as in :func:`~bnmf.inference.common.starting_point`.
+    """
+    Ws, Hs = zip(*(starting_point(X, m, rank, init, int(s))
+                   for m, init, s in zip(masks, inits, seeds)))
+    return jnp.asarray(np.stack(Ws), dtype), jnp.asarray(np.stack(Hs), dtype)
+
+
+def _converged(chunk_means: list, chunk_losses: np.ndarray, tol: float, noisy: bool) -> np.ndarray:
+    """Per member: did the chunk-mean loss change by less than the threshold? (B,) bool.
+
+    The rule of :func:`~bnmf.inference.common.run_chunks`, applied to each member.
+    """
+    if len(chunk_means) < 2:
+        return np.zeros(chunk_losses.shape[0], dtype=bool)
+    previous, current = chunk_means[-2], chunk_means[-1]
+    threshold = tol * np.maximum(np.abs(current), 1e-300)
+    if noisy and chunk_losses.shape[1] > 1:
+        spread = 2.0 * chunk_losses.std(axis=1) / np.sqrt(chunk_losses.shape[1])
+        threshold = np.maximum(threshold, spread)
+    return np.abs(previous - current) < threshold
+
+
+def _run_batched(step_chunk, state, max_iter: int, chunk: int, tol: float, noisy: bool,
+                 min_iter: int = 0):
+    """Run ``step_chunk(state) -> (state, losses (B, chunk))`` until every member converged.
+
+    Returns (state, losses (B, steps), steps, converged (B,)).
+    """
+    traces, means, done = [], [], 0
+    converged = None
+    for _ in range(max(1, -(-max_iter // chunk))):
+        state, losses = step_chunk(state)
+        losses = np.asarray(losses)
+        traces.append(losses)
+        done += chunk
+        if not np.all(np.isfinite(losses)):
+            break
+        means.append(losses.mean(axis=1))
+        now = _converged(means, losses, tol, noisy)
+        converged = now if converged is None else (converged | now)
+        if done >= min_iter and converged.all():
+            break
+    if converged is None:
+        converged = np.zeros(traces[0].shape[0], dtype=bool)
+    return state, np.concatenate(traces, axis=1), done, converged
+
+
+# ------------------------------------------------------------------------------------ MAP
+def _mm_model(model):
+    """The model whose closed-form MM updates start (or are) the batch: the model itself for
+    Poisson and Gaussian, else the flat-prior model with the same likelihood (as fit_map)."""
+    if isinstance(model, (PoissonGamma, GaussianHalfNormal)):
+        return model
+    return _likelihood_model(model)
+
+
+def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
+                  tol: float = 1e-6) -> BatchFit:
+    """MAP fits of a batch of masks and starts with closed-form MM updates, all at once.
+
+    Parameters
+    ----------
+    X : jax array of shape (n_features, n_samples)
+        Data, 0 where unobserved (shared by every member).
+    masks : jax bool array of shape (B, n_features, n_samples)
+        Each member's training mask (True = seen by the fit).
+    rank : int
+    model : resolved PoissonGamma or GaussianHalfNormal
+        (any other model is fitted with the flat-prior model of its likelihood).
+    W0, H0 : jax arrays of shape (B, n_features, rank), (B, rank, n_samples)
+        Starting points.
+
+    Returns
+    -------
+    BatchFit with ``values`` W, H (and ``sigma`` for Gaussian) per member.
+    """
+    model = _mm_model(model)
+    chunk = 10
+    if isinstance(model, PoissonGamma):
+        log_space = model.a < 1.0
+        hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+        one = partial(_poisson_mm_chunk, n_steps=chunk, update_W=True, full=False,
+                      log_space=log_space)
+        batched = jax.jit(jax.vmap(lambda W, H, M: one(W, H, X, M, hyper)))
+
+        def step_chunk(state):
+            W, H, loss = batched(*state, masks)
+            return (W, H), loss
+
+        state = (W0, H0)
+    else:
+        hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
+        one = partial(_gaussian_mm_chunk, n_steps=chunk, update_W=True, full=False)
+        batched = jax.jit(jax.vmap(lambda W, H, s, M: one(W, H, s, X, M, hyper)))
+        sigma0 = jax.vmap(lambda W, H, M: model.init_extras(W, H, X, M)["sigma"])(W0, H0, masks)
+
+        def step_chunk(state):
+            W, H, sigma, loss = batched(*state, masks)
+            return (W, H, sigma), loss
+
+        state = (W0, H0, sigma0)
+    state, losses, iterations, converged = _run_batched(step_chunk, state, max_iter, chunk,
+                                                        tol, noisy=False)
+    values = {"W": state[0], "H": state[1]}
+    if len(state) == 3:
+        values["sigma"] = state[2]
+    return BatchFit(values=values, losses=losses, elbo=None, converged=converged,
+                    iterations=iterations)
+
+
+# ------------------------------------------------------------------------------------ SVI
+def _svi_init_values(model, start: BatchFit, X, masks) -> dict:
+    """Starting values of every NumPyro site per member (NumPyro layout, floored above 0),
+    the batched counterpart of :func:`~bnmf.inference.map.posterior_start`."""
+    W = jax.vmap(floor_positive)(start.values["W"])
+    H = jax.vmap(floor_positive)(start.values["H"])
+    extras = jax.vmap(lambda w, h, m: model.init_extras(w, h, X, m))(W, H, masks)
+    extras.update({k: v for k, v in start.values.items() if k in extras})
+    return {"W": W, "H": jnp.swapaxes(H, -1, -2), **extras}
+
+
+def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "normal",
+                  guide_rank: int = 4, max_steps: int = 5000, min_steps: int = 2000,
+                  tol: float = 1e-5, learning_rate: float = 0.02, num_particles: int = 1,
+                  elbo_particles: int = 32, init_scale: float = 0.05,
+                  map_iter: int = 500) -> BatchFit:
+    """Variational fits of a batch of masks and starts, all in one compiled program.
+
+    Each member follows :func:`~bnmf.inference.fit_svi`: a MAP start (``map_iter`` MM steps),
+    then Adam on the ELBO of a log-space normal guide with a decaying step and Polyak-averaged
+    iterates. Arguments as :func:`fit_map_batch`, plus ``keys`` (B, 2), one PRNG key per
+    member, and the options of :func:`~bnmf.inference.fit_svi`.
+
+    Returns
+    -------
+    BatchFit with the guide parameters per member, their ``unravel`` and each member's ELBO.
+    """
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+    start = fit_map_batch(X, masks, rank, model, W0, H0, max_iter=map_iter, tol=1e-5)
+    init_values = _svi_init_values(model, start, X, masks)
+    first = jax.tree.map(lambda v: v[0], init_values)
+    _, unravel = ravel_pytree(jax.tree.map(jnp.log, first))
+    locs = jax.vmap(lambda v: ravel_pytree(jax.tree.map(jnp.log, v))[0])(init_values)
+    key_guide, key_steps, key_elbo = (jnp.stack(k) for k in zip(*(
+        jax.random.split(k, 3) for k in keys)))
+    params = jax.vmap(lambda loc, k: _guide_init(guide, loc, init_scale, guide_rank, k))(
+        locs, key_guide)
+    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
+
+    def neg_elbo(params, key, mask):
+        problem = Problem(X, mask, rank, model)
+        particle_keys = jax.random.split(key, num_particles)
+        expected = jax.vmap(lambda k: log_joint_unconstrained(
+            problem, unravel, _guide_sample(params, k)))(particle_keys)
+        return -(expected.mean() + _guide_entropy(params))
+
+    chunk = 100
+
+    def member_chunk(carry, mask):
+        def step(carry, _):
+            params, opt_state, key, total = carry
+            key, key_step = jax.random.split(key)
+            loss, grads = jax.value_and_grad(neg_elbo)(params, key_step, mask)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            total = jax.tree.map(jnp.add, total, params)
+            return (params, opt_state, key, total), loss
+
+        params, opt_state, key, _ = carry
+        zero = jax.tree.map(jnp.zeros_like, params)
+        (params, opt_state, key, total), losses = lax.scan(
+            step, (params, opt_state, key, zero), None, length=chunk)
+        return (params, opt_state, key, jax.tree.map(lambda t: t / chunk, total)), losses
+
+    batched_chunk = jax.jit(jax.vmap(member_chunk))
+    state = (params, jax.vmap(optimizer.init)(params), key_steps, params)
+    # Polyak averaging as in fit_svi: the chunk's average iterate is the result.
+    (_, _, _, params), losses, iterations, converged = _run_batched(
+        lambda s: batched_chunk(s, masks), state, max_steps, chunk, tol, noisy=True,
+        min_iter=min(min_steps, max_steps))
+
+    @jax.jit
+    @jax.vmap
+    def elbo_estimate(params, key, mask):
+        keys = jax.random.split(key, elbo_particles)
+        return -lax.map(lambda k: neg_elbo(params, k, mask), keys).mean()
+
+    elbo = np.asarray(elbo_estimate(params, key_elbo, masks), dtype=np.float64)
+    medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])
+    values = {name: np.asarray(v) for name, v in medians.items()}
+    values["H"] = np.swapaxes(values["H"], -1, -2)
+    @jax.jit
+    def sampler(member_params, keys):
+        return jax.vmap(lambda k: jax.tree.map(
+            jnp.exp, unravel(_guide_sample(member_params, k))))(keys)
+
+    return BatchFit(values=values, losses=losses, elbo=elbo, converged=converged,
+                    iterations=iterations, guide=jax.tree.map(np.asarray, params),
+                    unravel=unravel, sampler=sampler)
+
+
+def member_raw(batch: BatchFit, index: int, problem: Problem, *, seed: int = 0,
+               num_draws: int = 1000, info: dict | None = None) -> RawPosterior:
+    """One member of a batch as a :class:`RawPosterior` (what :func:`bnmf.posterior.build_idata`
+    takes): ``num_draws`` guide draws for SVI, the point estimate for MAP."""
+    if batch.guide is not None:
+        guide = jax.tree.map(lambda v: jnp.asarray(v[index]), batch.guide)
+        samples = batch.sampler(guide, jax.random.split(key_from_seed(seed), num_draws))
+        draws = to_bnmf_layout({k: v[None] for k, v in samples.items()}, problem)
+        elbo = float(batch.elbo[index])
+    else:
+        draws = {k: np.asarray(v[index])[None, None] for k, v in batch.values.items()}
+        elbo = None
+    member_info = {"iterations": int(batch.iterations),
+                   "converged": bool(batch.converged[index]), **(info or {})}
+    return RawPosterior(draws=draws, losses=np.asarray(batch.losses[index]), elbo=elbo,
+                        info=member_info)
+
+
+def keys_for(seeds) -> Any:
+    """One PRNG key per member, (B, 2), from integer seeds."""
+    return jnp.stack([key_from_seed(int(s)) for s in seeds])
