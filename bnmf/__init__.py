@@ -5,8 +5,9 @@
 """
 
 from . import models
+from .calling import Calls, decompose, match, refit
 from .fitting import fit
 from .posterior import Fit, load
 
-__all__ = ["fit", "Fit", "load", "models"]
+__all__ = ["fit", "Fit", "load", "models", "refit", "Calls", "match", "decompose"]
 __version__ = "0.1.0"
