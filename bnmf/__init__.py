@@ -5,10 +5,23 @@
 """
 
 from . import models
+from .calling import Calls, decompose, match, refit
 from .fitting import fit
 from .posterior import Fit, load
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
-__all__ = ["BayesianNMF", "Fit", "RankSelection", "fit", "load", "models", "select_rank"]
+__all__ = [
+    "BayesianNMF",
+    "Calls",
+    "Fit",
+    "RankSelection",
+    "decompose",
+    "fit",
+    "load",
+    "match",
+    "models",
+    "refit",
+    "select_rank",
+]
 __version__ = "0.1.0"
