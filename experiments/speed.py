@@ -386,7 +386,7 @@ def time_bnmf_cavi(X, size: Size, repeats: int) -> dict:
             "num_draws": fit.num_draws, "kl_of_mean": kl_objective(X, fit.W, fit.H)}
 
 
-def time_sparse(size: Size, repeats: int, iterations: int = 200) -> dict:
+def time_sparse(size: Size, repeats: int, iterations: int = 50) -> dict:
     """Dense against SciPy CSR input at ``size.sparse_density``: ``iterations`` MAP updates
     and CAVI sweeps (tol=0), warm, through ``bnmf.fit`` and through the inference function
     alone (where the data stay O(nnz)); scikit-learn MU on the same CSR matrix for reference."""
