@@ -32,29 +32,76 @@ class Data:
     is_counts : bool
         Whether every observed value is a non-negative integer.
     sparse : scipy.sparse.coo_matrix of shape (n_features, n_samples), optional
-        The input itself when it was a SciPy sparse matrix (duplicates summed, float64), for the
-        O(nnz) Poisson paths (:mod:`bnmf.inference.counts`); None for dense input.
+        The observed entries when the input was a SciPy sparse matrix (duplicates summed,
+        explicit zeros and unobserved entries dropped, float64), for the O(nnz) Poisson paths
+        (:mod:`bnmf.inference.counts`); None for dense input.
+    hidden : tuple of two int arrays (rows, cols), optional
+        With ``sparse``: the unobserved entries (empty when all are observed).
+
+    Sparse input is never densified by :func:`prepare`: ``values`` and ``mask`` are then built
+    on first access only (O(n_features · n_samples) memory), and code that must stay O(nnz)
+    uses ``sparse``, ``hidden``, :attr:`shape`, :attr:`fully_observed` and
+    :meth:`observed_moments` instead.
     """
 
-    values: np.ndarray
-    mask: np.ndarray
+    values: np.ndarray | None
+    mask: np.ndarray | None
     feature_names: pd.Index
     observation_names: pd.Index
     has_labels: bool
     is_counts: bool
     sparse: sp.coo_matrix | None = None
+    hidden: tuple | None = None
+
+    def __post_init__(self):
+        if self.sparse is not None and self.values is not None:
+            # dataclasses.replace with new dense values or mask (e.g. a training mask): the
+            # dense arrays are now the data; a stale sparse copy must not be fitted instead.
+            object.__setattr__(self, "sparse", None)
+            object.__setattr__(self, "hidden", None)
+        elif self.sparse is not None:
+            # Let __getattr__ build the dense views lazily (see the class docstring).
+            object.__delattr__(self, "values")
+            object.__delattr__(self, "mask")
+
+    def __getattr__(self, name):
+        # Only reached for attributes not set: the dense views of sparse input.
+        sparse = self.__dict__.get("sparse")
+        if name not in ("values", "mask") or sparse is None:
+            raise AttributeError(name)
+        values = sparse.toarray()
+        mask = np.ones(sparse.shape, bool)
+        rows, cols = self.__dict__["hidden"]
+        mask[rows, cols] = False
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "mask", mask)
+        return self.__dict__[name]
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.__dict__.get("sparse") is not None:
+            return tuple(int(n) for n in self.sparse.shape)
         return self.values.shape
 
     @property
     def fully_observed(self) -> bool:
+        if "mask" not in self.__dict__:  # sparse input, mask not built
+            return self.hidden[0].size == 0
         return bool(self.mask.all())
 
     def observed_values(self) -> np.ndarray:
-        """The observed entries as a flat array."""
+        """The observed entries as a flat array (dense: O(n_features · n_samples))."""
         return self.values[self.mask]
+
+    def observed_moments(self) -> tuple[float, float]:
+        """Mean and standard deviation of the observed entries, in O(nnz) for sparse input."""
+        if "mask" in self.__dict__:
+            values = self.observed_values()
+            return float(values.mean()), float(values.std())
+        n_observed = self.shape[0] * self.shape[1] - self.hidden[0].size
+        mean = float(self.sparse.data.sum()) / n_observed
+        variance = float(np.sum(self.sparse.data ** 2)) / n_observed - mean ** 2
+        return mean, float(np.sqrt(max(variance, 0.0)))
 
 
 def _to_array_and_labels(X):
@@ -73,9 +120,7 @@ def _to_array_and_labels(X):
             )
         return X.to_numpy(dtype=np.float64), X.index, X.columns
     if sp.issparse(X):
-        if X.dtype.kind == "c":
-            raise TypeError("X must hold real numbers, got a complex sparse matrix.")
-        # The foundation densifies sparse input; an O(nnz) path is on the roadmap.
+        _check_real_sparse(X)
         return np.asarray(X.toarray(), dtype=np.float64), None, None
     if isinstance(X, (str, bytes)) or not hasattr(X, "__array__") and not isinstance(X, list):
         raise TypeError(
@@ -159,8 +204,11 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
     """
     if missing not in ("error", "mask"):
         raise ValueError(f"missing must be 'error' or 'mask', got {missing!r}.")
+    sparse_input = _sparse_and_labels(X)
+    if sparse_input is not None:
+        return _prepare_sparse(*sparse_input, mask=mask, missing=missing, counts=counts,
+                               scoring=scoring)
     arr, feature_names, observation_names = _to_array_and_labels(X)
-    sparse_input = _canonical_coo(X) if sp.issparse(X) else None
     has_labels = feature_names is not None
     if arr.ndim != 2:
         raise ValueError(
@@ -235,15 +283,109 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
         observation_names=pd.Index(observation_names),
         has_labels=has_labels,
         is_counts=is_counts,
-        sparse=sparse_input,
     )
 
 
-def _canonical_coo(X) -> sp.coo_matrix:
-    """A float64 COO copy of a SciPy sparse matrix with duplicate entries summed."""
+def _check_real_sparse(X) -> None:
+    if X.dtype.kind == "c":
+        raise TypeError("X must hold real numbers, got a complex sparse matrix.")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"X must hold numbers, got a sparse matrix of dtype {X.dtype}.")
+
+
+def _sparse_and_labels(X):
+    """(float64 COO with duplicates summed, feature labels, observation labels) for SciPy
+    sparse input or an AnnData with a sparse matrix (cells × genes, transposed); else None."""
+    labels = (None, None)
+    if type(X).__name__ == "AnnData" and sp.issparse(X.X):
+        X, labels = X.X.T, (pd.Index(X.var_names), pd.Index(X.obs_names))
+    if not sp.issparse(X):
+        return None
+    _check_real_sparse(X)
     coo = sp.coo_matrix(X, dtype=np.float64, copy=True)
     coo.sum_duplicates()
-    return coo
+    return (coo, *labels)
+
+
+def _prepare_sparse(coo: sp.coo_matrix, feature_names, observation_names, *, mask, missing,
+                    counts, scoring) -> Data:
+    """:func:`prepare` for sparse input in O(nnz) memory (plus a dense mask if one is given):
+    the same checks and messages, on the stored entries only."""
+    shape = coo.shape
+    if min(shape) == 0:
+        raise ValueError(f"X is empty (shape {shape}); it needs at least one feature and sample.")
+    rows, cols, values = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
+    nan = np.isnan(values)
+    if mask is None:
+        if nan.any() and missing == "error":
+            raise ValueError(
+                f"X contains {int(nan.sum())} NaN values (first at feature {rows[nan][0]}, "
+                f"observation {cols[nan][0]}) and no mask was given. Pass a mask (True = "
+                "observed), or missing='mask' to treat NaN as unobserved."
+            )
+        hidden = (rows[nan], cols[nan])
+    else:
+        if isinstance(mask, pd.DataFrame) and feature_names is None:
+            mask = mask.to_numpy()
+        mask_arr = _validate_mask(mask, shape, feature_names, observation_names)
+        if (nan & mask_arr[rows, cols]).any():
+            i, j = rows[nan & mask_arr[rows, cols]][0], cols[nan & mask_arr[rows, cols]][0]
+            raise ValueError(
+                f"X is NaN at feature {i}, observation {j} where the mask says observed; "
+                "set the mask to False there."
+            )
+        hidden = np.nonzero(~mask_arr)
+    # Keep the observed, non-zero stored entries (a linear index finds the hidden ones).
+    keep = values != 0
+    if hidden[0].size:
+        keep &= ~np.isin(rows * shape[1] + cols, hidden[0].astype(np.int64) * shape[1] + hidden[1])
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    if np.isinf(values).any():
+        at = np.flatnonzero(np.isinf(values))[0]
+        raise ValueError(
+            f"X contains infinite values (first at feature {rows[at]}, observation {cols[at]}); "
+            "bnmf needs finite data."
+        )
+    if (values < 0).any():
+        at = np.flatnonzero(values < 0)[0]
+        raise ValueError(
+            f"X contains negative values (min {values.min():g} at feature {rows[at]}, "
+            f"observation {cols[at]}); NMF needs non-negative data. Check the input (log-ratios, "
+            "centred or batch-corrected values are not allowed)."
+        )
+    if hidden[0].size and not scoring:
+        for axis, (name, plural, other) in enumerate(
+                [("feature", "features", shape[1]), ("observation", "observations", shape[0])]):
+            empty = np.flatnonzero(np.bincount(hidden[axis], minlength=shape[axis]) == other)
+            if empty.size:
+                raise ValueError(
+                    f"the mask hides every entry of {name} {empty[0]} ({empty.size} {plural} "
+                    f"in all); drop those {plural} or observe some entries."
+                )
+    if not scoring and values.size == 0:
+        raise ValueError("X has no positive observed entry; there is nothing to factorize.")
+    is_counts = bool(np.all(values == np.round(values)))
+    if counts and not is_counts:
+        at = np.flatnonzero(values != np.round(values))[0]
+        raise ValueError(
+            f"X has non-integer values (e.g. {values[at]:g} at feature {rows[at]}, observation "
+            f"{cols[at]}) but the model needs counts. Use model='gaussian' for continuous data, "
+            "or pass raw counts rather than normalized ones."
+        )
+    has_labels = feature_names is not None
+    if not has_labels:
+        feature_names = pd.RangeIndex(shape[0], name="feature")
+        observation_names = pd.RangeIndex(shape[1], name="observation")
+    return Data(
+        values=None,
+        mask=None,
+        feature_names=pd.Index(feature_names),
+        observation_names=pd.Index(observation_names),
+        has_labels=has_labels,
+        is_counts=is_counts,
+        sparse=sp.coo_matrix((values, (rows, cols)), shape=shape),
+        hidden=(np.asarray(hidden[0], np.int64), np.asarray(hidden[1], np.int64)),
+    )
 
 
 def check_rank(rank, shape: tuple[int, int]) -> int:

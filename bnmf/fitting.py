@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
-from .inference.counts import sparse_counts
+from .inference.counts import SparseCounts, sparse_counts
 from .models import MODELS, PoissonGamma, get_model
 from .posterior import Fit, build_idata
 
@@ -50,7 +50,7 @@ def _problem_values(data: Data, model, method: str, dtype: str):
     """X for the Problem: SciPy sparse input goes to the O(nnz) Poisson paths (``map`` and
     ``cavi`` of the Poisson–gamma model) as SparseCounts, everything else as a dense array."""
     if data.sparse is not None and method in ("map", "cavi") and isinstance(model, PoissonGamma):
-        return sparse_counts(data.sparse, None if data.fully_observed else data.mask, dtype)
+        return sparse_counts(data.sparse, dtype=dtype, hidden=data.hidden)
     return jnp.asarray(data.values, dtype=dtype)
 
 
@@ -69,9 +69,10 @@ def fit_data(data: Data, rank: int, model, method: str, seed: int = 0, dtype: st
     _check_inference_options(method, options)
     resolved = model.resolve(data, rank)
     with jax.enable_x64(dtype == "float64"):
+        values = _problem_values(data, resolved, method, dtype)
         problem = Problem(
-            X=_problem_values(data, resolved, method, dtype),
-            mask=jnp.asarray(data.mask),
+            X=values,
+            mask=None if isinstance(values, SparseCounts) else jnp.asarray(data.mask),
             rank=rank,
             model=resolved,
             W_fixed=None if W_fixed is None else jnp.asarray(W_fixed, dtype=dtype),
@@ -111,7 +112,8 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
         Model hyperparameters (e.g. ``a=0.5`` for ``"poisson"``, ``likelihood="gaussian"`` for
         ``"horseshoe"``) and options of the inference function (e.g. ``max_steps``,
         ``num_draws``, ``guide="lowrank"`` for SVI; ``num_samples``, ``num_chains`` for NUTS;
-        ``max_iter``, ``init`` for all).
+        ``batch_size``, ``epochs`` for minibatch CAVI; ``devices`` to shard samples over
+        devices (MAP, CAVI); ``max_iter``, ``init`` for all).
 
     Returns
     -------

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import xarray as xr
+import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
@@ -194,11 +195,41 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
     dims = ("feature", "observation")
     coords = {"feature": posterior["feature"].values,
               "observation": posterior["observation"].values}
-    observed = xr.Dataset({"X": (dims, np.where(data.mask, data.values, np.nan))}, coords=coords)
-    constant = xr.Dataset({"mask": (dims, data.mask)}, coords=coords)
+    if data.sparse is not None:  # sparse input stays O(nnz): its entries, not a dense copy
+        observed, constant = _sparse_groups(data, coords)
+    else:
+        observed = xr.Dataset({"X": (dims, np.where(data.mask, data.values, np.nan))},
+                              coords=coords)
+        constant = xr.Dataset({"mask": (dims, data.mask)}, coords=coords)
     stats = xr.Dataset({"loss": (("iteration",), np.asarray(raw.losses, dtype=np.float64))})
     return to_arviz({"posterior": posterior, "observed_data": observed,
                      "constant_data": constant, "sample_stats": stats})
+
+
+def _sparse_groups(data: Data, coords: dict):
+    """observed_data and constant_data of sparse input in coordinate form: the observed
+    non-zero entries (``X_row``, ``X_col``, ``X_value``) and the unobserved ones
+    (``hidden_row``, ``hidden_col``); every other entry is an observed zero."""
+    observed = xr.Dataset({"X_row": ("entry", data.sparse.row.astype(np.int64)),
+                           "X_col": ("entry", data.sparse.col.astype(np.int64)),
+                           "X_value": ("entry", data.sparse.data)}, coords=coords)
+    constant = xr.Dataset({"hidden_row": ("hidden", data.hidden[0]),
+                           "hidden_col": ("hidden", data.hidden[1])}, coords=coords)
+    return observed, constant
+
+
+def _training_data(idata):
+    """The fitted X (NaN where unobserved) and mask, dense, from either storage form."""
+    observed = arviz_group(idata, "observed_data")
+    constant = arviz_group(idata, "constant_data")
+    if "X" in observed:
+        return observed["X"].values, constant["mask"].values.astype(bool)
+    shape = (observed["feature"].size, observed["observation"].size)
+    X = sp.coo_matrix((observed["X_value"].values,
+                       (observed["X_row"].values, observed["X_col"].values)), shape=shape).toarray()
+    mask = np.ones(shape, bool)
+    mask[constant["hidden_row"].values, constant["hidden_col"].values] = False
+    return np.where(mask, X, np.nan), mask
 
 
 def _jsonable(info: dict) -> dict:
@@ -320,9 +351,8 @@ class Fit:
         in; entries outside ``mask`` (default: every entry of ``X_new`` that is not NaN) are NaN.
         """
         if X_new is None:
-            X_new = arviz_group(self.idata, "observed_data")["X"].values
-            if mask is None:
-                mask = arviz_group(self.idata, "constant_data")["mask"].values.astype(bool)
+            X_new, training_mask = _training_data(self.idata)
+            mask = training_mask if mask is None else mask
         model = self.model
         data = prepare(X_new, mask=mask, missing="mask", counts=model.needs_counts, scoring=True)
         expected = (self._draws("W").shape[2], self._draws("H").shape[3])

@@ -123,6 +123,13 @@ for model, method, mask_ in (("poisson", "map", None), ("poisson", "cavi", mask)
     np.testing.assert_allclose(fits[1].losses, fits[0].losses, rtol=1e-9)
     np.testing.assert_allclose(fits[1].W, fits[0].W, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(fits[1].H, fits[0].H, rtol=1e-7, atol=1e-9)
+# Minibatch CAVI: each minibatch split over the devices, sparse X sliced into dense blocks.
+import scipy.sparse as sp
+fits = [bnmf.fit(sp.csr_matrix(X), 3, method="cavi", batch_size=8, epochs=2, dtype="float64",
+                 progress=False, num_draws=20, devices=devices) for devices in (None, 4)]
+np.testing.assert_allclose(fits[1].losses, fits[0].losses, rtol=1e-9)
+np.testing.assert_allclose(fits[1].W, fits[0].W, rtol=1e-7, atol=1e-12)
+assert fits[1].elbo == fits[0].elbo or abs(fits[1].elbo / fits[0].elbo - 1) < 1e-10
 print("sharded fits equal")
 """
 
@@ -150,3 +157,115 @@ def test_devices_option_is_checked():
         bnmf.fit(X, 2, method="map", devices=0, progress=False)
     with pytest.raises(ValueError, match="JAX sees"):
         bnmf.fit(X, 2, method="cavi", devices=len(jax.devices()) + 1, progress=False)
+
+
+# ------------------------------------------------------------------------ minibatch CAVI
+X_MB, _, _ = simulate(30, 400, rank=3, counts_per_sample=500, seed=1)
+
+
+@pytest.fixture(scope="module")
+def full_cavi():
+    return bnmf.fit(X_MB, 3, method="cavi", progress=False, dtype="float64", num_draws=400)
+
+
+def _sd(fit, name):
+    return fit.idata.posterior[name].std(("chain", "draw")).values
+
+
+def test_minibatch_cavi_approaches_full_cavi(full_cavi):
+    """Minibatches of 50 of 400 samples: the N/|B| scaling must give q(W) the full data's
+    weight (a wrong scale would change its spread), and the bound must come close."""
+    mb = bnmf.fit(X_MB, 3, method="cavi", progress=False, dtype="float64", batch_size=50,
+                  epochs=20, num_draws=400)
+    assert mb.info["algorithm"] == "cavi-gamma-minibatch" and mb.info["iterations"] == 160
+    assert abs(mb.elbo - full_cavi.elbo) < 0.01 * abs(full_cavi.elbo)
+    np.testing.assert_allclose(mb.W, full_cavi.W, atol=0.03)
+    ratio = np.median(_sd(mb, "W") / _sd(full_cavi, "W"))
+    assert 0.8 < ratio < 1.25, ratio
+
+
+def test_minibatch_cavi_sparse_equals_dense_and_ignores_masked_entries():
+    mask = np.random.default_rng(2).uniform(size=X_MB.shape) > 0.1
+    changed = X_MB.copy()
+    changed[~mask] = 1000.0
+    options = {"method": "cavi", "progress": False, "dtype": "float64", "batch_size": 100,
+               "epochs": 2, "num_draws": 10, "mask": mask}
+    dense = bnmf.fit(X_MB, 3, **options)
+    sparse = bnmf.fit(sp.csr_matrix(changed), 3, **options)
+    np.testing.assert_allclose(sparse.losses, dense.losses, rtol=1e-9)
+    np.testing.assert_allclose(sparse.W, dense.W, rtol=1e-8)
+    assert sparse.elbo == pytest.approx(dense.elbo, rel=1e-10)
+
+
+def test_minibatch_options_are_checked():
+    with pytest.raises(ValueError, match="exceeds the number of samples"):
+        bnmf.fit(X_MB, 3, method="cavi", batch_size=401, progress=False)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        bnmf.fit(X_MB, 3, method="cavi", batch_size=40, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="must divide batch_size=40"):
+        bnmf.fit(X_MB, 3, method="cavi", batch_size=40, devices=3, progress=False)
+
+
+# ------------------------------------------------------------ sparse input is never densified
+def test_sparse_input_too_large_to_densify_fits():
+    """1,000 × 2,000,000 would take 16 GB dense (twice that to validate): validation, the MAP fit and the stored
+    posterior must stay O(nnz + (features + samples) · rank)."""
+    shape, nnz = (1_000, 2_000_000), 20_000
+    rng = np.random.default_rng(3)
+    X = sp.coo_matrix((rng.integers(1, 20, nnz).astype(float),
+                       (rng.integers(0, shape[0], nnz), rng.integers(0, shape[1], nnz))),
+                      shape=shape)
+    data = bnmf.data.prepare(X, counts=True)
+    assert data.shape == shape and data.fully_observed
+    mean, std = data.observed_moments()
+    assert mean == pytest.approx(X.sum() / (shape[0] * shape[1]))
+    fit = bnmf.fit(X.tocsr(), 2, method="map", max_iter=20, progress=False)
+    assert fit.H.shape == (2, shape[1]) and np.isfinite(fit.H).all()
+    assert fit.idata.observed_data["X_value"].size == data.sparse.nnz
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_sparse_fit_scores_and_saves_like_dense(masked, tmp_path):
+    mask = MASK if masked else None
+    options = {"method": "map", "max_iter": 30, "progress": False, "dtype": "float64",
+               "mask": mask}
+    dense = bnmf.fit(X_SPARSE.toarray(), 3, **options)
+    sparse = bnmf.fit(X_SPARSE, 3, **options)
+    np.testing.assert_allclose(sparse.log_likelihood(), dense.log_likelihood(), rtol=1e-6)
+    sparse.save(tmp_path / "fit.nc")
+    np.testing.assert_array_equal(bnmf.load(tmp_path / "fit.nc").log_likelihood(),
+                                  sparse.log_likelihood())
+
+
+def test_sparse_validation_matches_dense():
+    dense_X = X_SPARSE.toarray()
+    with_nan = X_SPARSE.copy()
+    with_nan[0, with_nan[0].indices[0]] = np.nan
+    with pytest.raises(ValueError, match="NaN values .* no mask was given"):
+        bnmf.data.prepare(with_nan)
+    a = bnmf.data.prepare(with_nan, missing="mask")
+    b = bnmf.data.prepare(with_nan.toarray(), missing="mask")
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.observed_moments() == pytest.approx(b.observed_moments(), rel=1e-12)
+    negative = X_SPARSE.copy()
+    negative.data[3] = -1.0
+    with pytest.raises(ValueError, match="negative values"):
+        bnmf.data.prepare(negative)
+    with pytest.raises(ValueError, match="non-integer values"):
+        bnmf.data.prepare(X_SPARSE * 0.5, counts=True)
+    hide_row = np.ones(dense_X.shape, bool)
+    hide_row[4] = False
+    with pytest.raises(ValueError, match="hides every entry of feature 4"):
+        bnmf.data.prepare(X_SPARSE, mask=hide_row)
+
+
+def test_replacing_the_mask_of_sparse_data_uses_the_new_mask():
+    """Rank selection swaps in a training mask with dataclasses.replace: the dense arrays then
+    rule, not the stale sparse copy."""
+    import dataclasses
+
+    data = bnmf.data.prepare(X_SPARSE, counts=True)
+    train = dataclasses.replace(data, mask=MASK)
+    assert train.sparse is None and not train.fully_observed
+    np.testing.assert_array_equal(train.mask, MASK)

@@ -188,9 +188,11 @@ def draw_factors(factors: GammaFactors, seed: int, num_draws: int):
 
     def sample(shape, rate):
         shape, rate = np.asarray(shape, np.float64), np.asarray(rate, np.float64)
-        value = rng.standard_gamma(shape, size=(num_draws,) + shape.shape) / rate
-        # A draw with a small shape can underflow to 0 in float32; keep it positive.
-        return np.maximum(value, np.finfo(dtype).tiny).astype(dtype)
+        out = np.empty((num_draws,) + shape.shape, dtype)
+        for d in range(num_draws):  # one draw at a time: float64 temporaries of one draw only
+            # A draw with a small shape can underflow to 0 in float32; keep it positive.
+            out[d] = np.maximum(rng.standard_gamma(shape) / rate, np.finfo(dtype).tiny)
+        return out
 
     H = sample(factors.shape_H, factors.rate_H)
     if factors.shape_W is None:
@@ -210,6 +212,9 @@ def fit_cavi(
     num_draws: int = 1000,
     progress: bool | None = None,
     devices: int | None = None,
+    batch_size: int | None = None,
+    epochs: int = 10,
+    local_sweeps: int = 20,
 ) -> RawPosterior:
     """Variational posterior of the Poisson–gamma model by CAVI with gamma factors.
 
@@ -226,26 +231,72 @@ def fit_cavi(
     num_draws : int
         Posterior draws returned (one chain), sampled from the gamma factors.
     devices : int, optional
-        Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
-        the number of samples). Same result as one device, to float rounding.
+        Shard the sample axis over this many of ``jax.devices()`` (it must divide the number
+        of samples; in minibatch mode, ``batch_size``). Full sweeps need dense X; minibatches
+        are dense blocks of either. Same result as one device, to float rounding.
+    batch_size : int, optional
+        Minibatch (stochastic) CAVI over samples with this many samples per step, for data
+        too large for full sweeps (:mod:`bnmf.inference.minibatch`): memory is bounded by
+        ``n_features × batch_size``. ``max_iter`` and ``tol`` are then unused.
+    epochs : int
+        Passes over the samples in minibatch mode.
+    local_sweeps : int
+        Sweeps of a minibatch's q(H) per step in minibatch mode.
 
     Returns
     -------
     RawPosterior with draws W (1, num_draws, n_features, rank) and H (1, num_draws, rank,
-    n_samples), the negative bound per chunk of 10 sweeps as ``losses`` and the final bound as
-    ``elbo``.
+    n_samples), the negative bound per chunk of 10 sweeps (per step in minibatch mode: a
+    noisy minibatch estimate) as ``losses`` and the final bound as ``elbo``.
 
     Raises
     ------
     ValueError
-        If the model is not the Poisson–gamma model, or ``num_draws`` < 1.
+        If the model is not the Poisson–gamma model, or an option is out of range.
     """
     if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
-    factors, losses, iterations, converged = cavi_factors(
-        problem, init=init, seed=seed, max_iter=max_iter, tol=tol, progress=progress,
-        devices=devices)
+    if batch_size is None:
+        factors, losses, iterations, converged = cavi_factors(
+            problem, init=init, seed=seed, max_iter=max_iter, tol=tol, progress=progress,
+            devices=devices)
+        elbo = float(-losses[-1])
+        info = {"algorithm": "cavi-gamma", "iterations": iterations, "converged": converged}
+    else:
+        factors, losses, steps, elbo = _minibatch(problem, init, seed, batch_size, epochs,
+                                                  local_sweeps, devices)
+        info = {"algorithm": "cavi-gamma-minibatch", "iterations": steps, "converged": True,
+                "batch_size": int(batch_size), "epochs": int(epochs),
+                "local_sweeps": int(local_sweeps)}
     W, H = draw_factors(factors, int(seed), int(num_draws))
     draws = {"W": W[None], "H": H[None]}
-    info = {"algorithm": "cavi-gamma", "iterations": iterations, "converged": converged}
-    return RawPosterior(draws=draws, losses=losses, elbo=float(-losses[-1]), info=info)
+    return RawPosterior(draws=draws, losses=losses, elbo=elbo, info=info)
+
+
+def _positive_int(name: str, value, upper: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name}={value} exceeds the number of samples ({upper}); use at most "
+                         f"{upper}.")
+    return int(value)
+
+
+def _minibatch(problem: Problem, init, seed, batch_size, epochs, local_sweeps, devices):
+    from .minibatch import stochastic_cavi_factors
+
+    check_cavi_problem(problem)
+    n_samples = problem.X.shape[1]
+    batch_size = _positive_int("batch_size", batch_size, n_samples)
+    epochs = _positive_int("epochs", epochs)
+    local_sweeps = _positive_int("local_sweeps", local_sweeps)
+    if problem.W_fixed is not None:
+        raise ValueError("batch_size= (minibatch CAVI) learns W; with W fixed, samples are "
+                         "independent: fit without batch_size.")
+    if devices is not None and not isinstance(devices, bool) and isinstance(
+            devices, (int, np.integer)) and devices > 0 and batch_size % devices:
+        raise ValueError(f"devices={devices} must divide batch_size={batch_size} so that every "
+                         "device holds the same number of a minibatch's columns.")
+    W0, H0 = map_start(problem, init, seed)
+    return stochastic_cavi_factors(problem, W0, H0, batch_size=batch_size, epochs=epochs,
+                                   local_sweeps=local_sweeps, seed=int(seed), devices=devices)

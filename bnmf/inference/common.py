@@ -172,8 +172,8 @@ def sparse_starting_point(X, hidden: tuple, rank: int, init: str, seed: int):
         H = rng.uniform(0, 1, (rank, X.shape[1])) * scale
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    coo = X.tocoo()
-    x_dot_wh = np.sum(coo.data * np.einsum("nk,kn->n", W[coo.row], H[:, coo.col]))
+    # Σ X ∘ WH as Σ W ∘ (X Hᵀ): a sparse product, without (nnz × rank) gathers.
+    x_dot_wh = np.sum(W * np.asarray(X @ H.T))
     wh_sq = np.sum((W.T @ W) * (H @ H.T))
     if hidden_rows.size:
         wh_sq -= np.sum(np.einsum("nk,kn->n", W[hidden_rows], H[:, hidden_cols]) ** 2)

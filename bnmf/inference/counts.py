@@ -96,11 +96,13 @@ def to_scipy(c: SparseCounts) -> sp.coo_matrix:
                          shape=c.shape)
 
 
-def sparse_counts(X, mask=None, dtype="float32") -> SparseCounts:
+def sparse_counts(X, mask=None, dtype="float32", hidden=None) -> SparseCounts:
     """A :class:`SparseCounts` from a SciPy sparse matrix (features × samples), never densified.
 
-    ``mask`` (True = observed) may be dense or sparse; only its False entries are kept. Counts
-    at unobserved entries are dropped, as are explicit zeros.
+    ``mask`` (True = observed) may be dense or sparse; only its False entries are kept. Or give
+    the unobserved entries directly as ``hidden=(rows, cols)`` (as :class:`bnmf.data.Data`
+    holds them), never building a dense mask. Counts at unobserved entries are dropped, as are
+    explicit zeros.
     """
     coo = sp.coo_matrix(X)
     coo.sum_duplicates()
@@ -108,7 +110,9 @@ def sparse_counts(X, mask=None, dtype="float32") -> SparseCounts:
     hidden_rows = hidden_cols = np.zeros(0, np.int64)
     if mask is not None:
         hidden = sp.coo_matrix(np.logical_not(mask.toarray() if sp.issparse(mask) else mask))
-        hidden_rows, hidden_cols = hidden.row, hidden.col
+        hidden = (hidden.row, hidden.col)
+    if hidden is not None:
+        hidden_rows, hidden_cols = hidden
         if hidden_rows.size:  # drop counts at unobserved entries, by linear index
             n = coo.shape[1]
             observed = ~np.isin(rows.astype(np.int64) * n + cols,

@@ -19,14 +19,13 @@ from ..data import Data
 
 def observed_mean(data: Data) -> float:
     """Mean of the observed entries (positive: :func:`bnmf.data.prepare` refuses all-zero X)."""
-    return float(data.observed_values().mean())
+    return data.observed_moments()[0]
 
 
 def observed_std(data: Data) -> float:
     """Standard deviation of the observed entries, or their mean if they are all equal."""
-    values = data.observed_values()
-    std = float(values.std())
-    return std if std > 0 else float(values.mean())
+    mean, std = data.observed_moments()  # O(nnz) for sparse input
+    return std if std > 0 else mean
 
 
 def balanced_mean(data: Data, rank: int) -> float:
