@@ -1,4 +1,4 @@
-"""Command line: ``bnmf fit``, ``bnmf select-rank`` and ``bnmf demo``."""
+"""Command line: ``bnmf fit``, ``bnmf select-rank``, ``bnmf refit`` and ``bnmf demo``."""
 
 from __future__ import annotations
 
@@ -116,6 +116,52 @@ def _cmd_select_rank(args) -> int:
     return 0
 
 
+def _read_reference(path):
+    """Reference parts from a file: SigProfiler/COSMIC SBS96 layouts (reordered to the
+    canonical channels), else any matrix ``read_matrix`` reads (features as rows)."""
+    from .datasets import read_sbs96
+    from .io import read_matrix
+
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name.endswith((".csv", ".tsv", ".txt")):
+        try:
+            return read_sbs96(path)
+        except ValueError:                      # not SBS96 channels: a generic table
+            pass
+    return read_matrix(path)
+
+
+def _cmd_refit(args) -> int:
+    import pandas as pd
+
+    from . import refit
+    from .io import read_matrix
+
+    X = read_matrix(args.data)
+    reference = _read_reference(args.signatures)
+    calls = refit(X, reference, method=args.method, seed=args.seed,
+                  progress=bool(args.progress))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = calls.table(prob=args.prob, min_fraction=args.min_fraction,
+                        active_prob=args.active_prob)
+    written = [out / "calls.csv", out / "exposures.csv"]
+    table.to_csv(written[0], index=False)
+    pd.DataFrame(calls.exposures).to_csv(written[1])
+    active = table[table["active"]]
+    print(f"{calls!r}: {len(active)} active calls (P(share >= {args.min_fraction:g}) >= "
+          f"{args.active_prob:g}) over {table['observation'].nunique()} samples")
+    for signature, count in active["signature"].value_counts().head(10).items():
+        print(f"  {signature}: active in {count} samples")
+    if args.plot:
+        from .plotting import plot_exposures
+
+        plot_exposures(calls, prob=args.prob).savefig(args.plot, dpi=110)
+        written.append(Path(args.plot))
+    print("wrote: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from . import fit
     from .datasets import BREAST21_CITATION, load_breast21
@@ -171,6 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="treat NaN/empty cells as unobserved entries")
     common(p_sel)
     p_sel.set_defaults(handler=_cmd_select_rank)
+
+    p_refit = sub.add_parser("refit", help="exposures of known signatures, with intervals and "
+                             "presence probabilities")
+    p_refit.add_argument("data", help="counts: CSV/TSV (first column = feature names), .npz, "
+                         ".mtx or .h5ad")
+    p_refit.add_argument("--signatures", required=True,
+                         help="reference parts, features as rows (SigProfiler/COSMIC SBS96 "
+                         "files are reordered to the canonical channels)")
+    p_refit.add_argument("--out", default="calls", help="output folder (default calls)")
+    p_refit.add_argument("--method", choices=["nuts", "svi"], default=None,
+                         help="inference (default: nuts)")
+    p_refit.add_argument("--seed", type=int, default=0)
+    p_refit.add_argument("--prob", type=float, default=0.9, help="credible interval (0.9)")
+    p_refit.add_argument("--min-fraction", type=float, default=0.05,
+                         help="share of a sample that counts as present (0.05)")
+    p_refit.add_argument("--active-prob", type=float, default=0.95,
+                         help="posterior probability needed to call a signature active (0.95)")
+    p_refit.add_argument("--plot", default=None, help="also write a PNG of the exposures")
+    p_refit.add_argument("--progress", action="store_true", help="show a progress bar")
+    p_refit.set_defaults(handler=_cmd_refit)
 
     p_demo = sub.add_parser("demo", help="signatures of 21 breast cancers (bundled data)")
     p_demo.add_argument("--rank", "-k", type=int, default=5)

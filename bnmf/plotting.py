@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_parts", "SBS96_COLOURS", "is_sbs96"]
+__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_exposures", "plot_parts", "plot_top_features"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
 SBS96_COLOURS = {
@@ -93,4 +93,118 @@ def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None):
     if lower is not None:
         title += f" with {round(100 * prob)}% credible intervals"
     fig.suptitle(title)
+    return fig
+
+
+def _exposure_summary(result, prob: float):
+    """(mean, lower, upper, probability or None) DataFrames (parts × samples) of a Calls or Fit."""
+    from .calling import Calls
+
+    if isinstance(result, Calls):
+        mean = _as_frame(result.exposures, result.signatures, result.observation_names)
+        lower, upper = (_as_frame(b, mean.index, mean.columns) for b in result.interval(prob))
+        probability = _as_frame(result.probability(), mean.index, mean.columns)
+        return mean, lower, upper, probability
+    H = result.H
+    mean = _as_frame(H, range(H.shape[0]), range(H.shape[1]))
+    if result.num_draws < 2:
+        return mean, None, None, None
+    lower, upper = (_as_frame(b, mean.index, mean.columns) for b in result.interval(prob)["H"])
+    return mean, lower, upper, None
+
+
+def plot_exposures(result, observations=None, prob: float = 0.9, min_fraction: float = 0.05,
+                   max_observations: int = 12, ncols: int = 4):
+    """Exposures per sample with ``prob`` credible-interval whiskers.
+
+    One panel per sample (the first ``max_observations`` unless ``observations`` names them),
+    showing the parts whose posterior mean share of the sample is at least ``min_fraction``.
+    For :func:`bnmf.refit` results, bars of parts called active (P(share ≥ 5%) ≥ 0.95) are dark
+    and the others light, with the presence probability printed next to each bar.
+
+    Parameters
+    ----------
+    result : Calls (from :func:`bnmf.refit`) or Fit
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    mean, lower, upper, probability = _exposure_summary(result, prob)
+    columns = list(mean.columns[:max_observations] if observations is None else observations)
+    missing = [c for c in columns if c not in mean.columns]
+    if missing:
+        raise ValueError(f"observations {missing[:3]} are not in the result; choose from "
+                         f"{list(mean.columns[:5])}...")
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, min(ncols, len(columns)), squeeze=False,
+                             figsize=(3.4 * min(ncols, len(columns)), 2.4 * nrows),
+                             constrained_layout=True)
+    for ax in axes.ravel()[len(columns):]:
+        ax.set_visible(False)
+    for ax, column in zip(axes.ravel(), columns):
+        values = mean[column]
+        shown = values.index[(values / max(values.sum(), 1e-300) >= min_fraction).to_numpy()]
+        shown = list(values[shown].sort_values().index)
+        y = np.arange(len(shown))
+        heights = values[shown].to_numpy()
+        colours = "tab:blue"
+        if probability is not None:
+            colours = ["tab:blue" if p >= 0.95 else "lightsteelblue"
+                       for p in probability.loc[shown, column]]
+        if lower is not None:
+            errors = np.vstack([heights - lower.loc[shown, column].to_numpy(),
+                                upper.loc[shown, column].to_numpy() - heights])
+            ax.barh(y, heights, color=colours, xerr=np.maximum(errors, 0), ecolor="0.3",
+                    error_kw={"elinewidth": 0.8, "capsize": 2})
+        else:
+            ax.barh(y, heights, color=colours)
+        if probability is not None:
+            for yi, name in zip(y, shown):
+                ax.text(1.0, yi, f" p={probability.loc[name, column]:.2f}", va="center",
+                        fontsize=7, transform=ax.get_yaxis_transform())
+        ax.set_yticks(y, [str(s) for s in shown], fontsize=8)
+        ax.set_title(str(column), fontsize=9)
+        ax.set_xlabel("exposure (counts)" if probability is not None else "activity", fontsize=8)
+    title = "exposures"
+    if lower is not None:
+        title += f" with {round(100 * prob)}% credible intervals"
+    fig.suptitle(title)
+    return fig
+
+
+def plot_top_features(fit, components=None, top: int = 10, threshold: float | None = None):
+    """Top features of each program (column of W) with 90% interval whiskers.
+
+    Each bar is annotated with the posterior probability that the loading exceeds
+    ``threshold`` (default ``1 / n_features``), from :func:`bnmf.calling.program_summary`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .calling import program_summary
+
+    summary = program_summary(fit, top=top, threshold=threshold)
+    components = sorted(summary["component"].unique()) if components is None else list(components)
+    ncols = min(4, len(components))
+    nrows = -(-len(components) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(3.3 * ncols, 0.25 * top * nrows + 1),
+                             constrained_layout=True)
+    for ax in axes.ravel()[len(components):]:
+        ax.set_visible(False)
+    for ax, component in zip(axes.ravel(), components):
+        rows = summary[summary["component"] == component].iloc[::-1]
+        y = np.arange(len(rows))
+        loading = rows["loading"].to_numpy()
+        errors = np.vstack([loading - rows["lower"].to_numpy(), rows["upper"].to_numpy() - loading])
+        ax.barh(y, loading, color="tab:green", xerr=np.maximum(errors, 0), ecolor="0.3",
+                error_kw={"elinewidth": 0.8, "capsize": 2})
+        for yi, p in zip(y, rows["probability"]):
+            ax.text(1.0, yi, f" {p:.2f}", va="center", fontsize=7,
+                    transform=ax.get_yaxis_transform())
+        ax.set_yticks(y, [str(f) for f in rows["feature"]], fontsize=8)
+        ax.set_title(f"program {component}", fontsize=9)
+    fig.suptitle("top features with 90% intervals; P(loading > "
+                 f"{summary.attrs['threshold']:.2g}) at right")
     return fig
