@@ -55,8 +55,14 @@ from .inference.common import _stderr_is_terminal
 from .models import get_model
 from .posterior import Fit, align_permutation, build_idata, cosine_matrix, load, normalize
 
-__all__ = ["select_rank", "RankSelection", "heldout_masks", "cophenetic_correlation",
-           "choose_rank", "TABLE_COLUMNS"]
+__all__ = [
+    "TABLE_COLUMNS",
+    "RankSelection",
+    "choose_rank",
+    "cophenetic_correlation",
+    "heldout_masks",
+    "select_rank",
+]
 
 METHODS = ("svi", "map")
 TABLE_COLUMNS = ("elbo", "elbo_sd", "heldout_lpd", "heldout_lpd_se", "heldout_lpd_diff",

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from helpers import simulate
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import poisson
-from hypothesis import strategies as st
 
 import bnmf
-import bnmf.selection as selection
+from bnmf import selection
 from bnmf.data import prepare
 from bnmf.inference.batch import batch_starts, fit_map_batch
 from bnmf.inference.common import Problem

@@ -19,8 +19,9 @@ Differences from the single fits, and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ from .common import (
 from .map import _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
 from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample
 
-__all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "member_raw", "keys_for"]
+__all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
 
 
 class BatchFit(NamedTuple):
