@@ -18,6 +18,11 @@ signature no sample needs shrinks towards zero everywhere while one that is comm
 weight. Exposures are sampled non-centred, :math:`H_{kj} = g_{kj}\,\pi_k N_j / a_k` with
 :math:`g_{kj} \sim \mathrm{Gamma}(a_k, 1)`, which removes the funnel between :math:`\pi_k` and
 the exposures that a centred parameterisation gives NUTS.
+
+Two stages (``refine=True``, the default): the fit over every reference part gives the presence
+probabilities; the exposures and their intervals come from a second fit of each sample without
+the parts it clearly lacks (share below 1% with posterior probability above 1/2), which stops a
+flat signature leaking counts into dozens of absent ones.
 """
 
 from __future__ import annotations
@@ -141,21 +146,25 @@ def _check_prob(prob, name="prob") -> float:
 
 
 # ------------------------------------------------------------------------------ the model
-def refit_model(X, mask, W, totals, share_shape=SHARE_SHAPE, shape_shape=SHAPE_SHAPE,
-                shape_rate=SHAPE_RATE):
+def refit_model(X, mask, W, totals, support=None, share_shape=SHARE_SHAPE,
+                shape_shape=SHAPE_SHAPE, shape_rate=SHAPE_RATE):
     """NumPyro model of X (n_features, n_samples) given fixed W (n_features, K).
 
     Sites: ``share`` (K,), ``shape`` (K,), ``g`` (n_samples, K) and the deterministic ``H``
-    (n_samples, K) in counts; see the module docstring for the priors.
+    (n_samples, K) in counts; see the module docstring for the priors. ``support``
+    (n_samples, K) of bool, optional, holds exposures outside it at exactly zero.
     """
-    n_features, n_samples = X.shape
+    n_samples = X.shape[1]
     K = W.shape[1]
     with numpyro.plate("component", K, dim=-1):
         share = numpyro.sample("share", dist.Gamma(share_shape, share_shape * K))
         shape = numpyro.sample("shape", dist.Gamma(shape_shape, shape_rate))
     with numpyro.plate("observation", n_samples, dim=-1):
         g = numpyro.sample("g", dist.Gamma(shape, 1.0).expand([n_samples, K]).to_event(1))
-        H_T = numpyro.deterministic("H", g * share * totals[:, None] / shape)
+        H_T = g * share * totals[:, None] / shape
+        if support is not None:
+            H_T = jnp.where(support, H_T, 0.0)
+        H_T = numpyro.deterministic("H", H_T)
         rate = jnp.maximum(H_T @ W.T, jnp.finfo(H_T.dtype).tiny)
         numpyro.sample("X", dist.Poisson(rate).mask(mask.T).to_event(1), obs=X.T)
 
@@ -186,7 +195,9 @@ class Calls:
     Attributes
     ----------
     draws : ndarray of shape (n_draws, K, n_samples)
-        Posterior draws of the exposures, in counts.
+        Posterior draws of the exposures, in counts (of the refined fit: see :func:`refit`).
+    screening_draws : ndarray of shape (n_draws, K, n_samples)
+        Draws of the screening fit over every part, which give the presence probabilities.
     signatures : pandas.Index
         Names of the K reference parts.
     observation_names : pandas.Index
@@ -197,6 +208,7 @@ class Calls:
     """
 
     draws: np.ndarray
+    screening_draws: np.ndarray
     signatures: pd.Index
     observation_names: pd.Index
     has_labels: bool = True
@@ -217,9 +229,10 @@ class Calls:
         """Posterior mean share of each sample's counts due to each part (K, n_samples)."""
         return self._frame(self._fraction_draws().mean(axis=0))
 
-    def _fraction_draws(self) -> np.ndarray:
-        total = self.draws.sum(axis=1, keepdims=True)
-        return self.draws / np.maximum(total, np.finfo(self.draws.dtype).tiny)
+    def _fraction_draws(self, draws=None) -> np.ndarray:
+        draws = self.draws if draws is None else draws
+        total = draws.sum(axis=1, keepdims=True)
+        return draws / np.maximum(total, np.finfo(draws.dtype).tiny)
 
     def interval(self, prob: float = 0.9):
         """Equal-tailed ``prob`` credible interval of the exposures: (lower, upper), each
@@ -232,7 +245,8 @@ class Calls:
         """Posterior probability that each part accounts for at least ``min_fraction`` of the
         sample's counts (K, n_samples)."""
         min_fraction = _check_prob(min_fraction, "min_fraction")
-        return self._frame((self._fraction_draws() >= min_fraction).mean(axis=0))
+        shares = self._fraction_draws(self.screening_draws)
+        return self._frame((shares >= min_fraction).mean(axis=0))
 
     def active(self, min_fraction: float = 0.05, prob: float = 0.95):
         """True where P(part's share of the sample ≥ ``min_fraction``) ≥ ``prob`` (K, n_samples).
@@ -265,8 +279,9 @@ class Calls:
 def refit(X, signatures, model: str = "poisson", method: str | None = None, seed: int = 0,
           mask=None, *, missing: str = "error", num_warmup: int = 300, num_samples: int = 300,
           num_chains: int = 1, target_accept: float = 0.95, max_tree_depth: int = 7,
-          svi_steps: int = 3000, learning_rate: float = 0.02, dtype: str = "float32",
-          progress: bool = False) -> Calls:
+          svi_steps: int = 3000, learning_rate: float = 0.02, refine: bool = True,
+          refine_fraction: float = 0.01, dtype: str = "float32", progress: bool = False
+          ) -> Calls:
     r"""Infer exposures of fixed reference parts, with a presence probability for each.
 
     Parameters
@@ -290,6 +305,17 @@ def refit(X, signatures, model: str = "poisson", method: str | None = None, seed
         NUTS settings (chains run one after another).
     svi_steps, learning_rate
         SVI settings (Adam); 1,000 draws are taken from the fitted guide.
+    refine : bool
+        Two stages (default). The *screening* fit over every part gives the presence
+        probabilities. Each sample's exposures and intervals then come from a second fit in
+        which the parts with P(share ≥ ``refine_fraction``) < 1/2 are held at zero (plus, always,
+        the sample's most probable part). Without it a flat signature (SBS5) leaks ~10% of the
+        counts into dozens of similar absent ones, and the active exposures fall below their
+        intervals: 90% coverage 0.75 with one stage, 0.85 with two on PCAWG-like catalogues,
+        with ~1 NUTS divergence instead of ~80 (``experiments/results/calling.md``).
+    refine_fraction : float
+        Share below which a part is dropped from a sample's refined fit (when it is below it
+        with posterior probability above 1/2).
     dtype : {"float32", "float64"}
 
     Returns
@@ -323,6 +349,9 @@ def refit(X, signatures, model: str = "poisson", method: str | None = None, seed
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     _check_prob(target_accept, "target_accept")
+    refine_fraction = _check_prob(refine_fraction, "refine_fraction")
+    if not isinstance(refine, (bool, np.bool_)):
+        raise TypeError(f"refine must be True or False, got {refine!r}.")
     data = prepare(X, mask=mask, missing=missing, counts=True)
     reference = _as_reference(signatures, data)
     has_labels = data.has_labels or isinstance(signatures, pd.DataFrame)
@@ -333,18 +362,40 @@ def refit(X, signatures, model: str = "poisson", method: str | None = None, seed
         W_j = jnp.asarray(reference.to_numpy(), dtype=dtype)
         totals = jnp.maximum(jnp.sum(X_j, axis=0), 1.0)   # an all-zero sample still has a scale
         init = _start(X_j, mask_j, W_j, totals)
-        key = jax.random.PRNGKey(int(seed))
+        key_screen, key_refine = jax.random.split(jax.random.PRNGKey(int(seed)))
+
+        def run(args, init, key):
+            if method == "nuts":
+                return _run_nuts(args, init, key, num_warmup, num_samples, num_chains,
+                                 target_accept, max_tree_depth, progress)
+            return _run_svi(args, init, key, svi_steps, learning_rate, progress)
+
         args = (X_j, mask_j, W_j, totals)
-        if method == "nuts":
-            draws, info = _run_nuts(args, init, key, num_warmup, num_samples, num_chains,
-                                    target_accept, max_tree_depth, progress)
-        else:
-            draws, info = _run_svi(args, init, key, svi_steps, learning_rate, progress)
-    info.update(method=method, seconds=time.perf_counter() - start)
-    return Calls(draws=np.swapaxes(np.asarray(draws["H"], dtype=np.float64), -1, -2),
+        screen, info = run(args, init, key_screen)
+        draws = screen
+        if refine:
+            support = _refined_support(screen["H"], refine_fraction)
+            init = {name: jnp.median(screen[name], axis=0) for name in init}
+            draws, refined = run(args + (jnp.asarray(support),), init, key_refine)
+            info = {**refined, "screening": info, "refine_fraction": refine_fraction,
+                    "mean_support": float(support.sum(axis=1).mean())}
+    info.update(method=method, refine=bool(refine), seconds=time.perf_counter() - start)
+    as_numpy = lambda d: np.swapaxes(np.asarray(d["H"], dtype=np.float64), -1, -2)
+    return Calls(draws=as_numpy(draws), screening_draws=as_numpy(screen),
                  signatures=pd.Index(reference.columns),
                  observation_names=data.observation_names, has_labels=has_labels,
                  info=_with_shares(info, draws, reference.columns))
+
+
+def _refined_support(H_draws, min_fraction: float) -> np.ndarray:
+    """(n_samples, K) True where P(share ≥ ``min_fraction``) ≥ 1/2, plus each sample's most
+    probable part so that no sample is left empty. ``H_draws`` is (n_draws, n_samples, K)."""
+    H = np.asarray(H_draws)
+    share = H / np.maximum(H.sum(axis=-1, keepdims=True), np.finfo(H.dtype).tiny)
+    probability = (share >= min_fraction).mean(axis=0)
+    support = probability >= 0.5
+    support[np.arange(support.shape[0]), probability.argmax(axis=1)] = True
+    return support
 
 
 def _with_shares(info: dict, draws: dict, names) -> dict:
@@ -378,8 +429,10 @@ def _run_svi(args, init, key, steps, learning_rate, progress):
     result = svi.run(key_fit, steps, *args, progress_bar=bool(progress))
     draws = guide.sample_posterior(key_draw, result.params, *args, sample_shape=(1000,))
     H = draws["g"] * draws["share"][:, None, :] * args[3][None, :, None] / draws["shape"][:, None, :]
+    if len(args) > 4:                                  # the refined fit's support
+        H = jnp.where(args[4], H, 0.0)
     losses = np.asarray(result.losses)
-    return {"H": H, "share": draws["share"]}, {"final_loss": float(losses[-100:].mean())}
+    return {**draws, "H": H}, {"final_loss": float(losses[-100:].mean())}
 
 
 # ------------------------------------------------------------------------------ matching

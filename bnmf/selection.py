@@ -197,7 +197,8 @@ def choose_rank(table: pd.DataFrame, pointwise: dict) -> tuple[int, str, pd.Data
     The rule: let k* have the highest mean held-out LPD. A rank is *within one standard error*
     when its mean paired difference to k* is at least minus the standard error of that
     difference. The chosen rank is the smallest such rank: the simplest model that predicts
-    unseen entries as well as the best one, up to the noise of the held-out score.
+    unseen entries as well as the best one, up to the noise of the held-out score. When k*
+    is the largest rank tried, the reason says so: the sweep should be extended.
     """
     ranks = list(table.index)
     finite = [k for k in ranks if np.isfinite(table.loc[k, "heldout_lpd"])]
@@ -230,6 +231,10 @@ def choose_rank(table: pd.DataFrame, pointwise: dict) -> tuple[int, str, pd.Data
                                                                1e-300) for k in smaller)
         reason += (f"; every smaller rank is worse by more than one standard error "
                    f"(at least {-worst_gap:.1f} SE)")
+    if top == max(ranks) and len(ranks) > 1:
+        # The curve has not turned over: the true optimum may lie beyond the ranks tried.
+        reason += (f"; the held-out density is highest at the largest rank tried ({top}), so "
+                   "a larger rank may predict better still: extend `ranks` to check")
     stable = row["stability_min"]
     if np.isfinite(stable):
         reason += (f". Across restarts its parts have mean aligned cosine "

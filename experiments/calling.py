@@ -8,8 +8,9 @@ proportions; its total is drawn log-uniformly in [100, 5000] mutations; then
 
 Compared, on the same catalogues:
 
-* ``bnmf.refit`` with its defaults (NUTS on the cohort-level hierarchical model; call = posterior
-  probability ≥ 0.95 that the share is ≥ 5%);
+* ``bnmf.refit`` with its defaults (NUTS on the cohort-level hierarchical model, two stages:
+  screening over all 65 signatures for the calls, then exposures refitted without the signatures
+  each sample clearly lacks; call = posterior probability ≥ 0.95 that the share is ≥ 5%);
 * ``bnmf.refit(method="svi")``, a mean-field approximation of the same model, same call rule;
 * NNLS per sample (SciPy) with a 5% threshold on the share, the usual baseline (no intervals).
 
@@ -93,8 +94,8 @@ def evaluate(W: pd.DataFrame, n: int, seed: int, methods=("nuts", "svi")) -> lis
         for prob in (0.9, 0.5):
             lower, upper = (np.asarray(b) for b in calls.interval(prob))
             coverage[prob] = float(((H >= lower) & (H <= upper))[truth].mean())
-        label = "bnmf.refit (default: NUTS, hierarchical)" if method == "nuts" else \
-            "bnmf.refit(method='svi'), mean-field"
+        label = "bnmf.refit (default: NUTS, hierarchical, two-stage)" if method == "nuts" \
+            else "bnmf.refit(method='svi'), mean-field, two-stage"
         rows.append({"method": label, "seed": seed, "samples": n, "precision": precision,
                      "recall": recall, "coverage_90": coverage[0.9], "coverage_50": coverage[0.5],
                      "seconds": seconds, "divergences": calls.info.get("divergences", np.nan)})
@@ -132,6 +133,11 @@ def main(argv=None) -> None:
         handle.write(f"Machine: {platform.processor() or platform.machine()}, "
                      f"{os.cpu_count()} CPU cores (shared with other jobs, so times are rough); "
                      f"jax {jax.__version__}, Python {platform.python_version()}.\n\n")
+        handle.write("One stage only (`refine=False`, the screening fit's own exposures) gave, on "
+                     "seeds 0–3 with the same priors, precision 0.993, recall 0.757 and 90% "
+                     "coverage 0.746 (0.776, 0.747, 0.709 for 150 samples, 0.751 for 300) "
+                     "with 12–86 NUTS divergences per run: a flat signature (SBS5) leaked ~11% of the counts "
+                     "into absent ones (see git history of this file).\n\n")
         handle.write("## Mean over the replicates\n\n")
         handle.write(markdown_table(summary) + "\n\n")
         handle.write("## Every run\n\n")

@@ -95,12 +95,14 @@ def _poisson_mle(W, x):
                     bounds=[(0, None)] * W.shape[1], options={"ftol": 1e-14, "gtol": 1e-8}).x
 
 
+@pytest.mark.slow
 def test_refit_agrees_with_the_poisson_mle_on_deep_catalogues():
     X, W, _ = _cohort(n_samples=8, seed=3, total=2e5)
     result = bnmf.refit(X, W, seed=1, num_warmup=100, num_samples=60)
     reference = np.stack([_poisson_mle(W.to_numpy(), x) for x in X.to_numpy().T], axis=1)
     big = reference > 0.05 * reference.sum(axis=0)
-    np.testing.assert_allclose(result.exposures.to_numpy()[big], reference[big], rtol=0.01)
+    # 2% = a few posterior sds at these depths, plus the Monte Carlo error of 60 draws.
+    np.testing.assert_allclose(result.exposures.to_numpy()[big], reference[big], rtol=0.02)
     assert (result.exposures.to_numpy() < 0.06 * reference.sum(axis=0))[~big].all()
 
 
@@ -116,6 +118,7 @@ def test_refit_table_and_labels(calls, cohort):
     np.testing.assert_allclose(calls.fractions.to_numpy().sum(axis=0), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_refit_matches_rows_by_label_and_same_seed_gives_same_result(cohort, calls):
     X, W, _ = cohort
     shuffled = W.iloc[np.random.default_rng(1).permutation(len(W))]
@@ -123,16 +126,30 @@ def test_refit_matches_rows_by_label_and_same_seed_gives_same_result(cohort, cal
     np.testing.assert_array_equal(again.draws, calls.draws)
 
 
-def test_refit_svi_runs_in_float64_and_is_narrower_than_nuts(cohort, calls):
+@pytest.mark.slow
+def test_refit_svi_runs_in_float64_and_agrees_with_nuts(cohort, calls):
     X, W, _ = cohort
-    svi = bnmf.refit(X, W, method="svi", svi_steps=1500, seed=0, dtype="float64")
+    svi = bnmf.refit(X, W, method="svi", svi_steps=800, seed=0, dtype="float64")
     assert svi.info["method"] == "svi" and np.all(np.isfinite(svi.draws))
     assert svi.draws.dtype == np.float64
-    width = lambda c: np.median((c.interval(0.9)[1] - c.interval(0.9)[0]).to_numpy()[
-        c.exposures.to_numpy() > 50])
-    assert width(svi) < width(calls)
+    big = calls.exposures.to_numpy() > 200
+    np.testing.assert_allclose(svi.exposures.to_numpy()[big], calls.exposures.to_numpy()[big],
+                               rtol=0.15)
+    assert (svi.active().to_numpy() == calls.active().to_numpy()).mean() > 0.9
 
 
+def test_refit_refine_keeps_probabilities_and_zeroes_clear_absences(cohort, calls):
+    support = calls.draws.max(axis=0) > 0                       # parts in the refined fit
+    assert support.sum(axis=0).min() >= 1 and not support[5].any()
+    assert calls.info["refine"] and calls.info["mean_support"] < 6
+    np.testing.assert_array_equal(np.asarray(calls.probability()),
+                                  (calls._fraction_draws(calls.screening_draws) >= 0.05)
+                                  .mean(axis=0))
+    with pytest.raises(ValueError, match="refine_fraction must be"):
+        bnmf.refit(*cohort[:2], refine_fraction=1.5)
+
+
+@pytest.mark.slow
 def test_cli_refit_writes_calls(tmp_path, cohort):
     X, W, H = cohort
     X.iloc[:, :8].to_csv(tmp_path / "X.csv")
@@ -149,8 +166,18 @@ def test_cli_refit_writes_calls(tmp_path, cohort):
     share = H[:, :8] / H[:, :8].sum(axis=0)
     called = exposures[X.columns[:8]].to_numpy() / X.iloc[:, :8].to_numpy().sum(axis=0) >= 0.05
     assert called[share >= 0.3].all() and (called & (share < 0.05)).sum() <= 2
+
+
+def test_cli_refit_reports_bad_input(tmp_path, cohort, capsys):
+    X, W, _ = cohort
+    X.to_csv(tmp_path / "X.csv")
     assert main(["refit", str(tmp_path / "X.csv"), "--signatures",
                  str(tmp_path / "missing.csv")]) == 2
+    assert "no such data file" in capsys.readouterr().err
+    W.iloc[:-1].to_csv(tmp_path / "short.csv")
+    assert main(["refit", str(tmp_path / "X.csv"), "--signatures",
+                 str(tmp_path / "short.csv")]) == 2
+    assert "do not match X's features" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

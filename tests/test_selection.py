@@ -147,6 +147,13 @@ def test_rule_takes_the_best_rank_when_every_smaller_one_is_clearly_worse():
     table, pointwise = _rule_inputs({2: -0.3, 3: -0.1, 4: 0.0, 5: -0.01})
     best, reason, _ = choose_rank(table, pointwise)
     assert best == 4 and "highest held-out" in reason
+    assert "extend `ranks`" not in reason
+
+
+def test_rule_says_when_the_best_rank_is_the_largest_tried():
+    table, pointwise = _rule_inputs({2: -0.3, 3: -0.1, 4: 0.0})
+    best, reason, _ = choose_rank(table, pointwise)
+    assert best == 4 and "largest rank tried (4)" in reason and "extend `ranks`" in reason
 
 
 # ------------------------------------------------------------------------------ batching
