@@ -15,9 +15,13 @@ def _summary(fit, top: int = 5) -> str:
     """A short text summary: what ran, and each part's top features with 90% intervals."""
     info = fit.info
     lines = [repr(fit)]
+    if "method_choice" in info:
+        lines.append(f"method: {info['method_choice']}")
     status = "converged" if info.get("converged") else "stopped at the iteration limit"
     if "iterations" in info:
         lines.append(f"inference: {info['algorithm']}, {info['iterations']} iterations, {status}")
+    if "divergences" in info:
+        lines.append(f"NUTS: {info['divergences']} divergent transitions")
     if fit.elbo is not None:
         lines.append(f"ELBO: {fit.elbo:.6g}")
     W = fit.W
@@ -185,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--method", choices=["map", "svi", "nuts"], default=None,
-                       help="inference (default: svi)")
+        p.add_argument("--method", choices=["map", "svi", "nuts", "cavi"], default=None,
+                       help="inference (default: nuts on small problems, else cavi for "
+                            "poisson, svi for the other models)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--draws", type=int, default=None, help="posterior draws to keep")
         p.add_argument("--progress", action="store_true", help="force a progress bar")

@@ -13,7 +13,7 @@ import inspect
 import numpy as np
 
 from .data import check_rank, prepare
-from .fitting import DEFAULT_METHOD, _split_options, fit_data
+from .fitting import _split_options, fit_data
 from .models import get_model
 from .models.base import balanced_mean
 
@@ -37,8 +37,8 @@ class BayesianNMF(*_BASES):
         The rank.
     model : str or model object
         As in :func:`bnmf.fit` (``"poisson"``, ``"gaussian"``, ``"horseshoe"``).
-    method : {"map", "svi", "nuts"}, optional
-        As in :func:`bnmf.fit`; None is bnmf's default.
+    method : {"map", "svi", "nuts", "cavi"}, optional
+        As in :func:`bnmf.fit`; None is bnmf's default (:func:`bnmf.fitting.default_method`).
     seed : int
         Same seed, same result.
     dtype : {"float32", "float64"}
@@ -111,8 +111,7 @@ class BayesianNMF(*_BASES):
         model, options = self._model_and_options()
         data = prepare(_transpose(X), counts=model.needs_counts)
         rank = check_rank(self.n_components, data.shape)
-        method = DEFAULT_METHOD if self.method is None else self.method
-        self.fit_ = fit_data(data, rank, model, method, seed=self.seed, dtype=self.dtype,
+        self.fit_ = fit_data(data, rank, model, self.method, seed=self.seed, dtype=self.dtype,
                              **options)
         self.components_ = np.asarray(self.fit_.W).T
         self.n_components_ = rank
@@ -144,12 +143,11 @@ class BayesianNMF(*_BASES):
                 f"X has {data.shape[0]} features, but BayesianNMF was fitted with "
                 f"{self.n_features_in_}; pass samples × features with the same features."
             )
-        method = DEFAULT_METHOD if self.method is None else self.method
         # The data-scaled priors expect factors of balanced size (entries of W and H both about
         # sqrt(mean(X) / rank)), as in fit(); parts summing to 1 would make H's prior shrink it.
         # The Fit renormalizes W to sum to 1 per draw, so this scale does not show in the result.
         scale = balanced_mean(data, self.n_components_) * data.shape[0]
-        return fit_data(data, self.n_components_, model, method, seed=self.seed,
+        return fit_data(data, self.n_components_, model, self.method, seed=self.seed,
                         dtype=self.dtype, W_fixed=self.components_.T * scale, **options)
 
     def inverse_transform(self, H) -> np.ndarray:

@@ -41,7 +41,6 @@ import pandas as pd
 
 import bnmf
 from bnmf.datasets import load_pcawg_signatures
-from bnmf.fitting import DEFAULT_METHOD
 from bnmf.inference import METHODS
 from bnmf.posterior import align_permutation, normalize
 
@@ -141,7 +140,9 @@ def verdict(table: pd.DataFrame, low: float = 0.85, high: float = 0.95) -> str:
     lines.append("")
     if len(ok):
         lines.append(f"The cheapest method with 90% coverage in {low:.2f}–{high:.2f} for both W "
-                     f"and H is **`{ok.index[0]}`**; the default should be that method.")
+                     f"and H is **`{ok.index[0]}`**; `method=None` runs NUTS wherever it is "
+                     "feasible (`bnmf.fitting.default_method`: poisson and gaussian models, up "
+                     "to 1,000 latent entries).")
     else:
         best = (means[["W_90", "H_90"]] - 0.9).abs().max(axis=1).idxmin()
         lines.append(f"No method reaches {low:.2f}–{high:.2f} for both W and H at these sizes; "
@@ -165,8 +166,9 @@ def write_report(table: pd.DataFrame, seeds, out: Path) -> None:
                      f"(`*-prior` settings). {N_FEATURES} features × {N_SAMPLES} samples, rank "
                      f"{RANK}, {len(seeds)} replicates; NUTS with {OPTIONS['nuts']}. Methods "
                      f"measured: every entry of `bnmf.inference.METHODS` ({', '.join(METHODS)}; "
-                     "`svi` with both guides); `map` has no interval. The current default method "
-                     f"is `{DEFAULT_METHOD}`.\n\n")
+                     "`svi` with both guides); `map` has no interval. The default (`method=None`, "
+                     "`bnmf.fitting.default_method`) is `nuts` on problems of this size, and "
+                     "`cavi` (poisson) or `svi` on problems too large for NUTS.\n\n")
         handle.write(f"Machine: {os.cpu_count()} CPU cores shared with other jobs; jax "
                      f"{jax.__version__}, Python {platform.python_version()}. Seconds are "
                      "wall time per fit, including compilation. Every run is also in "

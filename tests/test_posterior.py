@@ -8,6 +8,8 @@ import scipy.stats as st
 from helpers import simulate
 
 import bnmf
+from bnmf.fitting import default_method
+from bnmf.models import GaussianHalfNormal, Horseshoe, PoissonGamma
 from bnmf.posterior import align_draws, align_permutation, arviz_group_names, normalize
 
 
@@ -39,9 +41,30 @@ def test_idata_dims_coords_and_groups(svi_fit, labelled):
     assert attrs["bnmf_version"]
 
 
-def test_default_method_is_svi_with_uncertainty(labelled):
+def test_default_method_is_nuts_on_small_problems_and_says_why(labelled):
+    fit = bnmf.fit(labelled, 2, progress=False, num_warmup=60, num_samples=60, num_chains=1)
+    assert fit.method == "nuts" and fit.num_draws == 60
+    assert fit.info["method_choice"].startswith("nuts: small problem")
+    # options only SVI accepts make the default SVI, with its ELBO
     fit = bnmf.fit(labelled, 2, progress=False, num_draws=150, max_steps=500, min_steps=100)
     assert fit.method == "svi" and fit.num_draws == 150 and fit.elbo is not None
+    assert fit.info["method_choice"].startswith("svi")
+
+
+@pytest.mark.parametrize("model, shape, rank, options, fixed_W, expected", [
+    (PoissonGamma(), (96, 21), 5, {}, False, "nuts"),
+    (PoissonGamma(), (96, 500), 5, {}, False, "cavi"),           # too many latent entries
+    (PoissonGamma(), (96, 200), 1, {}, True, "nuts"),             # W fixed: only H is latent
+    (PoissonGamma(), (2000, 20), 2, {}, True, "cavi"),           # too many data entries
+    (PoissonGamma(), (96, 21), 5, {"max_steps": 10}, False, "svi"),
+    (PoissonGamma(), (96, 500), 5, {"batch_size": 50}, False, "cavi"),
+    (GaussianHalfNormal(), (96, 500), 5, {}, False, "svi"),
+    (GaussianHalfNormal(), (30, 40), 3, {}, False, "nuts"),
+    (Horseshoe(), (30, 40), 3, {}, False, "svi"),                # NUTS calibration not measured
+])
+def test_default_method_rule(model, shape, rank, options, fixed_W, expected):
+    method, why = default_method(model, shape, rank, options, fixed_W)
+    assert method == expected and why.startswith(expected)
 
 
 def test_every_draw_is_normalized_and_reconstruction_kept(svi_fit):
