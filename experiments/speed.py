@@ -790,7 +790,7 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
         f"Machine: {machine_description()}  ",
         f"Versions: {versions()}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; whole run {total_seconds / 60:.1f} min.  ",
-        f"Load average (1 min) at the start of each size: "
+        "Load average (1 min) at the start of each size: "
         + ", ".join(f"{r['size'].label}: {r['load']:.1f}" for r in results)
         + f"; at the end: {os.getloadavg()[0]:.1f} (the machine is shared: above 1–2, other "
         "processes competed for the 2 cores, which slows both libraries but adds noise to "

@@ -41,7 +41,7 @@ from .common import (
     to_bnmf_layout,
 )
 from .map import _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
-from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample
+from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample, averaged_chunk
 
 __all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
 
@@ -243,23 +243,7 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
 
     chunk = 100
 
-    def member_chunk(carry, mask):
-        def step(carry, _):
-            params, opt_state, key, total = carry
-            key, key_step = jax.random.split(key)
-            loss, grads = jax.value_and_grad(neg_elbo)(params, key_step, mask)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            total = jax.tree.map(jnp.add, total, params)
-            return (params, opt_state, key, total), loss
-
-        params, opt_state, key, _ = carry
-        zero = jax.tree.map(jnp.zeros_like, params)
-        (params, opt_state, key, total), losses = lax.scan(
-            step, (params, opt_state, key, zero), None, length=chunk)
-        return (params, opt_state, key, jax.tree.map(lambda t: t / chunk, total)), losses
-
-    batched_chunk = jax.jit(jax.vmap(member_chunk))
+    batched_chunk = jax.jit(jax.vmap(averaged_chunk(neg_elbo, optimizer, chunk)))
     state = (params, jax.vmap(optimizer.init)(params), key_steps, params)
     # Polyak averaging as in fit_svi: the chunk's average iterate is the result.
     (_, _, _, params), losses, iterations, converged = _run_batched(

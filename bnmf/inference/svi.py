@@ -69,6 +69,33 @@ def _guide_entropy(params):
     return entropy
 
 
+def averaged_chunk(loss_fn, optimizer, chunk: int):
+    """``chunk`` optimizer steps on ``loss_fn(params, key, *args)`` as one scanned function.
+
+    Returns ``run(carry, *args) -> (carry, losses)`` with ``carry = (params, opt_state, key,
+    average)``; ``average`` comes back as the chunk's mean iterate (Polyak averaging) and
+    ``losses`` has shape (chunk,). Shared by ``fit_svi`` and the vmapped restarts.
+    """
+
+    def run(carry, *args):
+        def step(carry, _):
+            params, opt_state, key, total = carry
+            key, key_step = jax.random.split(key)
+            loss, grads = jax.value_and_grad(loss_fn)(params, key_step, *args)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            total = jax.tree.map(jnp.add, total, params)
+            return (params, opt_state, key, total), loss
+
+        params, opt_state, key, _ = carry
+        zero = jax.tree.map(jnp.zeros_like, params)
+        (params, opt_state, key, total), losses = lax.scan(
+            step, (params, opt_state, key, zero), None, length=chunk)
+        return (params, opt_state, key, jax.tree.map(lambda t: t / chunk, total)), losses
+
+    return run
+
+
 def fit_svi(
     problem: Problem,
     *,
@@ -131,23 +158,7 @@ def fit_svi(
 
     chunk = 100
 
-    @jax.jit
-    def step_chunk(carry):
-        def step(carry, _):
-            params, opt_state, key, total = carry
-            key, key_step = jax.random.split(key)
-            loss, grads = jax.value_and_grad(neg_elbo)(params, key_step)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            total = jax.tree.map(jnp.add, total, params)
-            return (params, opt_state, key, total), loss
-
-        params, opt_state, key, _ = carry
-        zero = jax.tree.map(jnp.zeros_like, params)
-        (params, opt_state, key, total), losses = lax.scan(
-            step, (params, opt_state, key, zero), None, length=chunk)
-        average = jax.tree.map(lambda t: t / chunk, total)
-        return (params, opt_state, key, average), losses
+    step_chunk = jax.jit(averaged_chunk(neg_elbo, optimizer, chunk))
 
     # The chunk's average iterate (Polyak averaging) removes most of the stochastic jitter
     # that the last iterate carries, so posterior means are not off by optimisation noise.
