@@ -29,6 +29,25 @@ MASK = RNG.uniform(size=X_SPARSE.shape) > 0.1
 
 
 @pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("block_entries", [40, 400, 10_000])  # 8 or 11 rows (last block
+# overlaps), or one piece
+def test_row_blocked_dense_ratios_equal_one_piece(monkeypatch, masked, block_entries):
+    from bnmf.inference import counts as counts_module
+
+    X = jnp.asarray(X_SPARSE.toarray(), jnp.float32)  # 25 × 35: 25 rows do not divide evenly
+    weight = jnp.asarray(MASK, jnp.float32) if masked else None
+    A = jnp.asarray(RNG.uniform(0.1, 2.0, (25, 3)), jnp.float32)
+    B = jnp.asarray(RNG.uniform(0.1, 2.0, (3, 35)), jnp.float32)
+    c = DenseCounts(X, weight)
+    ratio = np.asarray((X if weight is None else weight * X) / (A @ B))
+    monkeypatch.setattr(counts_module, "BLOCK_ENTRIES", block_entries)
+    if block_entries < 10_000:
+        assert counts_module._row_block(X.shape) < X.shape[0]
+    np.testing.assert_allclose(ratio_right(c, A, B), ratio @ np.asarray(B).T, rtol=2e-5)
+    np.testing.assert_allclose(ratio_left(c, A, B), np.asarray(A).T @ ratio, rtol=2e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
 def test_sparse_operations_equal_dense(masked):
     mask = MASK if masked else None
     with jax.enable_x64(True):
@@ -269,3 +288,22 @@ def test_replacing_the_mask_of_sparse_data_uses_the_new_mask():
     train = dataclasses.replace(data, mask=MASK)
     assert train.sparse is None and not train.fully_observed
     np.testing.assert_array_equal(train.mask, MASK)
+
+
+@pytest.mark.parametrize("method", ["map", "cavi"])
+def test_fits_with_row_blocked_ratios_equal_unblocked_fits(monkeypatch, method):
+    from bnmf.inference import counts as counts_module
+
+    X = simulate(23, 37, 3, seed=5)[0]
+    options = dict(method=method, seed=0, max_iter=60, tol=0.0, progress=False)
+    if method == "cavi":
+        options["num_draws"] = 20
+    jax.clear_caches()  # the block size is read when a function is traced
+    whole = bnmf.fit(X, 3, **options)
+    monkeypatch.setattr(counts_module, "BLOCK_ENTRIES", 100)
+    assert counts_module._row_block(X.shape) == 8  # blocks of 8, 8 and 7 (+1 overlapping) rows
+    jax.clear_caches()
+    blocked = bnmf.fit(X, 3, **options)
+    jax.clear_caches()
+    np.testing.assert_allclose(blocked.W, whole.W, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(blocked.H, whole.H, rtol=1e-4, atol=1e-5)

@@ -142,15 +142,70 @@ def _rate_at(A, B, rows, cols):
     return jnp.maximum(rate, jnp.finfo(rate.dtype).tiny)
 
 
-def _dense_ratio(c: DenseCounts, A, B):
-    X = c.X if c.weight is None else c.weight * c.X
-    return X / jnp.maximum(A @ B, jnp.finfo(c.X.dtype).tiny)
+def _dense_ratio(X, weight, A, B):
+    """M ∘ X / AB for dense X (rows, n_samples), A (rows, rank); ``weight`` is M or None."""
+    X = X if weight is None else weight * X
+    return X / jnp.maximum(A @ B, jnp.finfo(X.dtype).tiny)
+
+
+# Dense X / AB is formed a block of rows at a time so that the block (about this many entries,
+# 10 MB in float32) stays in cache between its product and its quotient: the update is memory-
+# bound, and on 2 CPU cores this is 1.8x faster per iteration at 2,000 x 10,000 and 1.5x at
+# 5,000 x 5,000 than forming the whole quotient. Smaller X is done in one piece.
+BLOCK_ENTRIES = 2_500_000
+
+
+def _row_block(shape) -> int | None:
+    """Rows per block for the dense ratio products, or None for one piece."""
+    n_rows, n_cols = shape
+    if n_rows * n_cols <= 2 * BLOCK_ENTRIES:
+        return None
+    return int(min(n_rows, max(8, BLOCK_ENTRIES // n_cols)))
+
+
+def _block_slices(c: DenseCounts, A, start, size):
+    take = lambda a: None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size, 0)
+    return take(c.X), take(c.weight), take(A)
+
+
+def _dense_ratio_right(c: DenseCounts, A, B):
+    size = _row_block(c.X.shape)
+    if size is None:
+        return _dense_ratio(c.X, c.weight, A, B) @ B.T
+    n_rows = c.X.shape[0]
+
+    def block(r, out):
+        start = jnp.minimum(r * size, n_rows - size)  # the last block overlaps the one before
+        X, weight, A_rows = _block_slices(c, A, start, size)
+        rows = _dense_ratio(X, weight, A_rows, B) @ B.T
+        return jax.lax.dynamic_update_slice_in_dim(out, rows, start, 0)
+
+    n_blocks = -(-n_rows // size)
+    return jax.lax.fori_loop(0, n_blocks, block, jnp.zeros((n_rows, B.shape[0]), A.dtype))
+
+
+def _dense_ratio_left(c: DenseCounts, A, B):
+    size = _row_block(c.X.shape)
+    if size is None:
+        return A.T @ _dense_ratio(c.X, c.weight, A, B)
+    n_rows = c.X.shape[0]
+
+    def block(r, total):
+        start = jnp.minimum(r * size, n_rows - size)
+        X, weight, A_rows = _block_slices(c, A, start, size)
+        # rows already summed by the previous block (the overlap of the last one) count once
+        fresh = (start + jnp.arange(size)) >= r * size
+        ratio = jnp.where(fresh[:, None], _dense_ratio(X, weight, A_rows, B), 0.0)
+        return total + A_rows.T @ ratio
+
+    n_blocks = -(-n_rows // size)
+    return jax.lax.fori_loop(0, n_blocks, block, jnp.zeros(B.shape, A.dtype))
 
 
 def ratio_right(c, A, B):
     """(M ∘ X / AB) Bᵀ, shape (n_features, rank)."""
     if isinstance(c, DenseCounts):
-        return _dense_ratio(c, A, B) @ B.T
+        return _dense_ratio_right(c, A, B)
     Bt = B.T[c.cols]
     ratio = c.values / jnp.maximum(jnp.sum(A[c.rows] * Bt, axis=1), jnp.finfo(A.dtype).tiny)
     return jax.ops.segment_sum(ratio[:, None] * Bt, c.rows, num_segments=c.shape[0])
@@ -159,7 +214,7 @@ def ratio_right(c, A, B):
 def ratio_left(c, A, B):
     """Aᵀ (M ∘ X / AB), shape (rank, n_samples)."""
     if isinstance(c, DenseCounts):
-        return A.T @ _dense_ratio(c, A, B)
+        return _dense_ratio_left(c, A, B)
     Ar = A[c.rows]
     ratio = c.values / jnp.maximum(jnp.sum(Ar * B.T[c.cols], axis=1), jnp.finfo(A.dtype).tiny)
     return jax.ops.segment_sum(ratio[:, None] * Ar, c.cols, num_segments=c.shape[1]).T

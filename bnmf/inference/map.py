@@ -139,12 +139,18 @@ def _noise_mode(rss, n_observed, scale_sigma):
 
 
 @partial(jax.jit, static_argnames=("n_steps", "update_W", "full"))
-def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
+def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None):
+    """``n_steps`` HALS sweeps (``full``: every entry observed) or masked multiplicative
+    updates, each followed by the noise scale's mode; then the loss. ``XT`` is X transposed in
+    memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
     scale_W, scale_H, scale_sigma = hyper
-    Mf = M.astype(X.dtype)
-    n_observed = Mf.sum()
     tiny = jnp.finfo(X.dtype).tiny
-    sq_norm = jnp.sum(X * X) if full else None
+    if full:
+        n_observed = jnp.asarray(X.size, X.dtype)
+        sq_norm = jnp.sum(X * X)
+    else:
+        Mf = M.astype(X.dtype)
+        n_observed = Mf.sum()
 
     def step(carry, _):
         W, H, sigma = carry
@@ -152,7 +158,7 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full):
         if full:  # exact block coordinate descent
             if update_W:
                 W = _hals_columns(W, X @ H.T, H @ H.T, var / scale_W**2)
-            XtW, WtW = X.T @ W, W.T @ W
+            XtW, WtW = (X.T if XT is None else XT) @ W, W.T @ W
             H = _hals_columns(H.T, XtW, WtW, var / scale_H**2).T
             # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over
             # X: ‖X‖² − 2⟨H, WᵀX⟩ + ⟨WᵀW, HHᵀ⟩ (floored at 0 against rounding).
@@ -215,7 +221,7 @@ def map_start(problem: Problem, init: str, seed: int):
     else:
         X, M = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.mask)
         W, H = starting_point(X, M, problem.rank, init, seed)
-        observed_mean = X[M].mean()
+        observed_mean = X.mean() if M.all() else X[M].mean()  # no boolean copy of X
     if problem.W_fixed is not None:
         W = np.asarray(problem.W_fixed, dtype=np.float64)
         H = np.full_like(H, observed_mean / max(W.sum(axis=0).mean(), 1e-300))
@@ -307,9 +313,12 @@ def fit_map(
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
         chunk = 10
 
+        # One transposed copy of X (same size as X) makes every Xᵀ W a row-major product.
+        XT = jnp.array(X.T) if full else None
+
         def step_chunk(state):
             W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=chunk,
-                                                   update_W=update_W, full=full)
+                                                   update_W=update_W, full=full, XT=XT)
             return (W, H, sigma), loss
 
         (W, H, sigma), losses, iterations, converged = run_chunks(
