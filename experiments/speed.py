@@ -61,7 +61,12 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 import bnmf  # noqa: E402
 from bnmf.data import prepare  # noqa: E402
 from bnmf.inference.common import Problem  # noqa: E402
-from bnmf.inference.map import _gaussian_mm_chunk, _poisson_mm_chunk, map_start  # noqa: E402
+from bnmf.inference.counts import DenseCounts, log_factorial_sum  # noqa: E402
+from bnmf.inference.map import (  # noqa: E402
+    _gaussian_mm_chunk,
+    _poisson_mm_counts_chunk,
+    map_start,
+)
 
 CHUNK = 10  # bnmf's MAP runs its updates in compiled chunks of 10 (bnmf/inference/map.py)
 SEED = 0
@@ -271,17 +276,22 @@ def _chunk_function(kind: str, problem: Problem):
     if kind == "poisson":
         hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
 
+        counts = DenseCounts(X, None)  # fully observed, as fit_map passes it
+        log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
+
         def step(state):
-            W, H, _ = _poisson_mm_chunk(*state, X, M, hyper, n_steps=CHUNK, update_W=True,
-                                        full=True, log_space=False)
+            W, H, _ = _poisson_mm_counts_chunk(*state, counts, hyper, log_factorials,
+                                               n_steps=CHUNK, update_W=True, log_space=False)
             return W, H
 
         return (lambda W, H: (W, H)), step
     hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
 
+    XT = jnp.array(X.T)  # as fit_map does for fully observed X
+
     def step(state):
         W, H, sigma, _ = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=CHUNK, update_W=True,
-                                            full=True)
+                                            full=True, XT=XT)
         return W, H, sigma
 
     return (lambda W, H: (W, H, model.init_extras(W, H, X, M)["sigma"])), step

@@ -45,6 +45,9 @@ def test_row_blocked_dense_ratios_equal_one_piece(monkeypatch, masked, block_ent
         assert counts_module._row_block(X.shape) < X.shape[0]
     np.testing.assert_allclose(ratio_right(c, A, B), ratio @ np.asarray(B).T, rtol=2e-5)
     np.testing.assert_allclose(ratio_left(c, A, B), np.asarray(A).T @ ratio, rtol=2e-5)
+    Xw = np.asarray(X if weight is None else weight * X)
+    np.testing.assert_allclose(sum_x_log_rate(c, A, B), np.sum(Xw * np.log(np.asarray(A @ B))),
+                               rtol=2e-5)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -307,3 +310,4 @@ def test_fits_with_row_blocked_ratios_equal_unblocked_fits(monkeypatch, method):
     jax.clear_caches()
     np.testing.assert_allclose(blocked.W, whole.W, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(blocked.H, whole.H, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(blocked.losses, whole.losses, rtol=1e-4)  # float32 sums

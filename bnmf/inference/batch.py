@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
+from jax.scipy.special import gammaln
 
 from ..models import GaussianHalfNormal, PoissonGamma
 from .common import (
@@ -167,10 +168,13 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
         hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
         one = partial(_poisson_mm_chunk, n_steps=chunk, update_W=True, full=False,
                       log_space=log_space)
-        batched = jax.jit(jax.vmap(lambda W, H, M: one(W, H, X, M, hyper)))
+        batched = jax.jit(jax.vmap(lambda W, H, M, lf: one(W, H, X, M, hyper,
+                                                           log_factorials=lf)))
+        # Σ M log X! per member, once: a constant of each fit, not of each chunk
+        log_factorials = jax.vmap(lambda M: jnp.sum(jnp.where(M, gammaln(X + 1.0), 0.0)))(masks)
 
         def step_chunk(state):
-            W, H, loss = batched(*state, masks)
+            W, H, loss = batched(*state, masks, log_factorials)
             return (W, H), loss
 
         state = (W0, H0)

@@ -101,11 +101,14 @@ def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, *, n_steps, up
 
 
 @partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
-def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space):
-    """Dense entry point (kept for callers that vmap over masks, e.g. restarts)."""
+def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space,
+                      log_factorials=None):
+    """Dense entry point (kept for callers that vmap over masks, e.g. restarts).
+    ``log_factorials`` (Σ M log X!, a constant of the fit) is computed here when not given."""
     Mf = M.astype(X.dtype)
     counts = DenseCounts(X, None if full else Mf)
-    log_factorials = jnp.sum(Mf * gammaln(X + 1.0))
+    if log_factorials is None:
+        log_factorials = jnp.sum(Mf * gammaln(X + 1.0))
     return _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, n_steps=n_steps,
                                     update_W=update_W, log_space=log_space)
 
