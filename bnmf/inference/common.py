@@ -202,9 +202,12 @@ def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: 
         W, H = random_start(X, mask, rank, seed)
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    WH = W @ H
-    Xo, WHo = (X, WH) if mask.all() else (X[mask], WH[mask])
-    alpha = np.sqrt(max(np.vdot(Xo, WHo), 1e-300) / max(np.vdot(WHo, WHo), 1e-300))
+    if mask.all():  # <X, WH> and ‖WH‖² from rank-sized products, without forming W H
+        x_dot_wh, wh_sq = np.sum(W * (X @ H.T)), np.sum((W.T @ W) * (H @ H.T))
+    else:
+        WH = W @ H
+        x_dot_wh, wh_sq = np.vdot(X[mask], WH[mask]), np.vdot(WH[mask], WH[mask])
+    alpha = np.sqrt(max(x_dot_wh, 1e-300) / max(wh_sq, 1e-300))
     return W * alpha, H * alpha
 
 
