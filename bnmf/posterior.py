@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import xarray as xr
 import scipy.sparse as sp
+import xarray as xr
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 

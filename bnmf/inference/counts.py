@@ -190,22 +190,30 @@ def _dense_ratio_right(c: DenseCounts, A, B):
     return jax.lax.fori_loop(0, n_blocks, block, jnp.zeros((n_rows, B.shape[0]), A.dtype))
 
 
-def _dense_ratio_left(c: DenseCounts, A, B):
+def _sum_over_row_blocks(c: DenseCounts, A, term, zero):
+    """Σ over row blocks of ``term(X_rows, weight_rows, A_rows)``; in one piece for small X.
+
+    The last block overlaps the one before; its rows already summed get X = 0, which makes
+    every term here (built on X / AB or X log AB) vanish for them.
+    """
     size = _row_block(c.X.shape)
     if size is None:
-        return A.T @ _dense_ratio(c.X, c.weight, A, B)
+        return term(c.X, c.weight, A)
     n_rows = c.X.shape[0]
 
     def block(r, total):
         start = jnp.minimum(r * size, n_rows - size)
         X, weight, A_rows = _block_slices(c, A, start, size)
-        # rows already summed by the previous block (the overlap of the last one) count once
         fresh = (start + jnp.arange(size)) >= r * size
-        ratio = jnp.where(fresh[:, None], _dense_ratio(X, weight, A_rows, B), 0.0)
-        return total + A_rows.T @ ratio
+        return total + term(jnp.where(fresh[:, None], X, 0.0), weight, A_rows)
 
     n_blocks = -(-n_rows // size)
-    return jax.lax.fori_loop(0, n_blocks, block, jnp.zeros(B.shape, A.dtype))
+    return jax.lax.fori_loop(0, n_blocks, block, zero)
+
+
+def _dense_ratio_left(c: DenseCounts, A, B):
+    return _sum_over_row_blocks(c, A, lambda X, weight, A_rows: A_rows.T @ _dense_ratio(
+        X, weight, A_rows, B), jnp.zeros(B.shape, A.dtype))
 
 
 def ratio_right(c, A, B):
@@ -260,19 +268,8 @@ def _x_log_rate(X, weight, A, B):
 
 
 def _dense_sum_x_log_rate(c: DenseCounts, A, B):
-    size = _row_block(c.X.shape)
-    if size is None:
-        return _x_log_rate(c.X, c.weight, A, B)
-    n_rows = c.X.shape[0]
-
-    def block(r, total):
-        start = jnp.minimum(r * size, n_rows - size)
-        X, weight, A_rows = _block_slices(c, A, start, size)
-        fresh = (start + jnp.arange(size)) >= r * size  # overlapping rows count once
-        return total + _x_log_rate(jnp.where(fresh[:, None], X, 0.0), weight, A_rows, B)
-
-    n_blocks = -(-n_rows // size)
-    return jax.lax.fori_loop(0, n_blocks, block, jnp.zeros((), A.dtype))
+    return _sum_over_row_blocks(c, A, lambda X, weight, A_rows: _x_log_rate(
+        X, weight, A_rows, B), jnp.zeros((), A.dtype))
 
 
 def sum_rate(c, A, B):
