@@ -43,8 +43,13 @@ def _split_options(model, options: dict):
     return model_options, {k: v for k, v in options.items() if k not in model_fields}
 
 
+def _inference_options(method: str) -> set:
+    """The keyword options ``METHODS[method]`` accepts (beyond the problem and the seed)."""
+    return set(inspect.signature(METHODS[method]).parameters) - {"problem", "seed"}
+
+
 def _check_inference_options(method: str, options: dict) -> None:
-    accepted = set(inspect.signature(METHODS[method]).parameters) - {"problem", "seed"}
+    accepted = _inference_options(method)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(
@@ -62,7 +67,7 @@ def _problem_values(data: Data, model, method: str, dtype: str):
 
 
 def _accepts(method: str, options: dict) -> bool:
-    return set(options) <= set(inspect.signature(METHODS[method]).parameters)
+    return set(options) <= _inference_options(method)
 
 
 def default_method(model, shape: tuple[int, int], rank: int, options: dict,

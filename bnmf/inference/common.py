@@ -172,11 +172,20 @@ def sparse_starting_point(X, hidden: tuple, rank: int, init: str, seed: int):
         H = rng.uniform(0, 1, (rank, X.shape[1])) * scale
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    # Σ X ∘ WH as Σ W ∘ (X Hᵀ): a sparse product, without (nnz × rank) gathers.
-    x_dot_wh = np.sum(W * np.asarray(X @ H.T))
-    wh_sq = np.sum((W.T @ W) * (H @ H.T))
+    x_dot_wh, wh_sq = _inner_products(X, W, H)
     if hidden_rows.size:
         wh_sq -= np.sum(np.einsum("nk,kn->n", W[hidden_rows], H[:, hidden_cols]) ** 2)
+    return _rescaled(W, H, x_dot_wh, wh_sq)
+
+
+def _inner_products(X, W, H):
+    """<X, WH> and ‖WH‖² over every entry, from rank-sized products (X dense or SciPy sparse):
+    Σ X ∘ WH as Σ W ∘ (X Hᵀ) and ‖WH‖² as Σ (WᵀW) ∘ (HHᵀ), without forming W H."""
+    return np.sum(W * np.asarray(X @ H.T)), np.sum((W.T @ W) * (H @ H.T))
+
+
+def _rescaled(W, H, x_dot_wh, wh_sq):
+    """W, H times the least-squares factor sqrt(<X, WH> / ‖WH‖²) (shared between W and H)."""
     alpha = np.sqrt(max(x_dot_wh, 1e-300) / max(wh_sq, 1e-300))
     return W * alpha, H * alpha
 
@@ -202,13 +211,12 @@ def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: 
         W, H = random_start(X, mask, rank, seed)
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
-    if mask.all():  # <X, WH> and ‖WH‖² from rank-sized products, without forming W H
-        x_dot_wh, wh_sq = np.sum(W * (X @ H.T)), np.sum((W.T @ W) * (H @ H.T))
+    if mask.all():
+        x_dot_wh, wh_sq = _inner_products(X, W, H)
     else:
         WH = W @ H
         x_dot_wh, wh_sq = np.vdot(X[mask], WH[mask]), np.vdot(WH[mask], WH[mask])
-    alpha = np.sqrt(max(x_dot_wh, 1e-300) / max(wh_sq, 1e-300))
-    return W * alpha, H * alpha
+    return _rescaled(W, H, x_dot_wh, wh_sq)
 
 
 def check_devices(devices, n_samples: int) -> int | None:

@@ -119,9 +119,16 @@ def half_normal_log_density(x, scale):
 
 
 def gaussian_neg_log_joint(W, H, sigma, X, M, hyper):
-    """-log p(X, W, H, sigma) for the Gaussian half-normal model (masked entries excluded)."""
+    """-log p(X, W, H, sigma) for the Gaussian half-normal model (masked entries excluded).
+
+    ``M=None`` means fully observed: then the likelihood comes from ‖X − WH‖² in one fused pass
+    over X (no mask, no per-entry log-density; 4x faster on 5,000 × 5,000)."""
     scale_W, scale_H, scale_sigma = hyper
-    ll = jnp.sum(jnp.where(M, gaussian_log_likelihood(X, W, H, sigma), 0.0))
+    if M is None:
+        n, rss = X.size, jnp.sum((X - W @ H) ** 2)
+        ll = -0.5 * n * jnp.log(2.0 * jnp.pi) - n * jnp.log(sigma) - 0.5 * rss / sigma**2
+    else:
+        ll = jnp.sum(jnp.where(M, gaussian_log_likelihood(X, W, H, sigma), 0.0))
     return -(ll + half_normal_log_density(W, scale_W) + half_normal_log_density(H, scale_H)
              + half_normal_log_density(sigma, scale_sigma))
 
@@ -176,21 +183,8 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
         return (W, H, sigma), None
 
     (W, H, sigma), _ = lax.scan(step, (W, H, sigma), None, length=n_steps)
-    if full:  # the same loss in one fused pass over X (no mask, no per-entry log-density)
-        loss = _gaussian_full_neg_log_joint(W, H, sigma, X, hyper)
-    else:
-        loss = gaussian_neg_log_joint(W, H, sigma, X, M, hyper)
+    loss = gaussian_neg_log_joint(W, H, sigma, X, None if full else M, hyper)
     return W, H, sigma, loss[None]
-
-
-def _gaussian_full_neg_log_joint(W, H, sigma, X, hyper):
-    """:func:`gaussian_neg_log_joint` for fully observed X, 4x faster on 5,000 × 5,000."""
-    scale_W, scale_H, scale_sigma = hyper
-    n = X.size
-    rss = jnp.sum((X - W @ H) ** 2)
-    ll = -0.5 * n * jnp.log(2.0 * jnp.pi) - n * jnp.log(sigma) - 0.5 * rss / sigma**2
-    return -(ll + half_normal_log_density(W, scale_W) + half_normal_log_density(H, scale_H)
-             + half_normal_log_density(sigma, scale_sigma))
 
 
 # ------------------------------------------------------------------------ generic (log space)
