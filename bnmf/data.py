@@ -96,8 +96,13 @@ class Data:
     def observed_moments(self) -> tuple[float, float]:
         """Mean and standard deviation of the observed entries, in O(nnz) for sparse input."""
         if "mask" in self.__dict__:
-            values = self.observed_values()
-            return float(values.mean()), float(values.std())
+            # a fully observed X is used in place (no boolean-indexed copy)
+            values = self.values.reshape(-1) if self.fully_observed else self.observed_values()
+            mean = float(values.mean())
+            variance = float(np.dot(values, values)) / values.size - mean**2  # one BLAS pass
+            if variance < 1e-6 * mean**2:  # cancellation would dominate: the two-pass formula
+                variance = float(values.var())
+            return mean, float(np.sqrt(max(variance, 0.0)))
         n_observed = self.shape[0] * self.shape[1] - self.hidden[0].size
         mean = float(self.sparse.data.sum()) / n_observed
         variance = float(np.sum(self.sparse.data ** 2)) / n_observed - mean ** 2
@@ -118,7 +123,7 @@ def _to_array_and_labels(X):
                 f"X is a DataFrame with non-numeric columns {bad[:5]}; pass only the numeric "
                 "matrix (features as rows, samples as columns), e.g. X.select_dtypes('number')."
             )
-        return X.to_numpy(dtype=np.float64), X.index, X.columns
+        return X.to_numpy(dtype=np.float64, copy=True), X.index, X.columns
     if sp.issparse(X):
         _check_real_sparse(X)
         return np.asarray(X.toarray(), dtype=np.float64), None, None
@@ -236,14 +241,16 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
                 f"X is NaN at feature {i}, observation {j} where the mask says observed; "
                 "set the mask to False there."
             )
-    observed = np.where(mask_arr, arr, 0.0)
-    if np.isinf(observed).any():
+    observed = np.where(mask_arr, arr, 0.0) if nan.any() or mask is not None else arr
+    # min and max are single passes without temporaries; the full checks run only on failure
+    low, high = (observed.min(), observed.max()) if observed.size else (0.0, 0.0)
+    if np.isinf(low) or np.isinf(high):
         i, j = _first_position(np.isinf(observed))
         raise ValueError(
             f"X contains infinite values (first at feature {i}, observation {j}); "
             "bnmf needs finite data."
         )
-    if (observed < 0).any():
+    if low < 0:
         i, j = _first_position(observed < 0)
         raise ValueError(
             f"X contains negative values (min {observed.min():g} at feature {i}, observation "
@@ -263,9 +270,9 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
             f"({empty_cols.size} observations in all); drop those observations or observe some "
             "entries."
         )
-    if not scoring and not (observed > 0).any():
+    if not scoring and not high > 0:
         raise ValueError("X has no positive observed entry; there is nothing to factorize.")
-    is_counts = bool(np.all(observed == np.round(observed)))
+    is_counts = _integer_valued(observed)
     if counts and not is_counts:
         i, j = _first_position(observed != np.round(observed))
         raise ValueError(
@@ -284,6 +291,14 @@ def prepare(X, mask=None, missing: str = "error", counts: bool = False,
         has_labels=has_labels,
         is_counts=is_counts,
     )
+
+
+def _integer_valued(values: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether every entry is a whole number; a block at a time (stays in cache, and stops at
+    the first block with a fraction)."""
+    flat = values.reshape(-1)
+    return all(np.array_equal(part, np.round(part))
+               for part in (flat[i:i + block] for i in range(0, flat.size, block)))
 
 
 def _check_real_sparse(X) -> None:
@@ -364,7 +379,7 @@ def _prepare_sparse(coo: sp.coo_matrix, feature_names, observation_names, *, mas
                 )
     if not scoring and values.size == 0:
         raise ValueError("X has no positive observed entry; there is nothing to factorize.")
-    is_counts = bool(np.all(values == np.round(values)))
+    is_counts = _integer_valued(values)
     if counts and not is_counts:
         at = np.flatnonzero(values != np.round(values))[0]
         raise ValueError(

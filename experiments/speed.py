@@ -46,6 +46,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -63,6 +64,8 @@ from bnmf.data import prepare  # noqa: E402
 from bnmf.inference.common import Problem  # noqa: E402
 from bnmf.inference.counts import DenseCounts, log_factorial_sum  # noqa: E402
 from bnmf.inference.map import (  # noqa: E402
+    INNER_SWEEPS,
+    RelaxedChunks,
     _gaussian_mm_chunk,
     _poisson_mm_counts_chunk,
     map_start,
@@ -279,10 +282,13 @@ def _chunk_function(kind: str, problem: Problem):
         counts = DenseCounts(X, None)  # fully observed, as fit_map passes it
         log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
 
+        # fit_map's own chunk runner: over-relaxed updates with their fall-back check
+        relaxed = RelaxedChunks(partial(_poisson_mm_counts_chunk, counts=counts, hyper=hyper,
+                                        log_factorials=log_factorials, n_steps=CHUNK,
+                                        update_W=True, log_space=False))
+
         def step(state):
-            W, H, _ = _poisson_mm_counts_chunk(*state, counts, hyper, log_factorials,
-                                               n_steps=CHUNK, update_W=True, log_space=False)
-            return W, H
+            return relaxed(state)[0]
 
         return (lambda W, H: (W, H)), step
     hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
@@ -291,7 +297,7 @@ def _chunk_function(kind: str, problem: Problem):
 
     def step(state):
         W, H, sigma, _ = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=CHUNK, update_W=True,
-                                            full=True, XT=XT)
+                                            full=True, XT=XT, inner_sweeps=INNER_SWEEPS)
         return W, H, sigma
 
     return (lambda W, H: (W, H, model.init_extras(W, H, X, M)["sigma"])), step

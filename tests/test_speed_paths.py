@@ -1,5 +1,7 @@
 """Fast paths give the generic paths' answers: sparse counts in O(nnz), the HALS noise update."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -323,3 +325,66 @@ def test_fully_observed_gaussian_loss_equals_the_masked_one():
     masked = gaussian_neg_log_joint(W, H, 0.8, X, jnp.ones(X.shape, bool), hyper)
     np.testing.assert_allclose(gaussian_neg_log_joint(W, H, 0.8, X, None, hyper), masked,
                                rtol=1e-5)
+
+
+def _mm_loss_after(X, relaxation, iterations, masked):
+    """Loss of the Poisson MAP after ``iterations`` (multiples of 10) from one start."""
+    import bnmf.inference.map as map_module
+
+    mask = np.random.default_rng(5).uniform(size=X.shape) > (0.1 if masked else 0.0)
+    problem = Problem(jnp.asarray(X, jnp.float32), jnp.asarray(mask), 4,
+                      PoissonGamma(a=1.0, rate_W=1e-3, rate_H=1e-3))
+    W, H = map_module.map_start(problem, "nndsvda", 0)
+    counts = map_module.poisson_counts(problem)
+    runner = map_module.RelaxedChunks(partial(
+        map_module._poisson_mm_counts_chunk, counts=counts,
+        hyper=jnp.asarray([1.0, 1e-3, 1e-3], jnp.float32),
+        log_factorials=jnp.asarray(log_factorial_sum(counts), jnp.float32), n_steps=10,
+        update_W=True, log_space=False), relaxation)
+    state, losses = (W, H), []
+    for _ in range(iterations // 10):
+        state, loss = runner(state)
+        losses.append(float(loss[-1]))
+    return np.array(losses), runner
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_over_relaxed_mm_never_raises_the_loss_and_gets_further(masked):
+    X, _, _ = simulate(n_features=60, n_samples=80, rank=4, counts_per_sample=500, seed=3)
+    plain, _ = _mm_loss_after(X, 1.0, 100, masked)
+    relaxed, runner = _mm_loss_after(X, 1.7, 100, masked)
+    assert np.all(np.diff(plain) <= 1e-6 * np.abs(plain[1:]))  # plain MM is monotone
+    assert np.all(np.diff(relaxed) <= 0)  # the runner's check keeps the relaxed one so
+    # further along after the same number of updates (here 100)
+    assert relaxed[-1] < plain[-1]
+    assert not runner.fell_back
+
+
+def test_relaxed_chunks_fall_back_to_plain_updates_when_a_chunk_raises_the_loss():
+    from bnmf.inference.map import RelaxedChunks
+
+    calls = []
+
+    def chunk(W, H, relaxation):  # a fake chunk: relaxed steps overshoot after the first
+        relaxation = float(relaxation)
+        calls.append(relaxation)
+        step = len(calls)
+        loss = 10.0 - step if relaxation == 1.0 or step == 1 else 100.0
+        return W + 1, H + 1, np.array([loss])
+
+    runner = RelaxedChunks(chunk, relaxation=1.5)
+    (W, H), loss = runner((jnp.zeros(2), jnp.zeros(2)))
+    assert loss[-1] == 9.0 and not runner.fell_back
+    (W, H), loss = runner((W, H))  # relaxed chunk gives 100 > 9: redone plain from (1, 1)
+    assert runner.fell_back and calls == [1.5, 1.5, 1.0] and np.all(W == 2) and np.all(H == 2)
+    assert loss[-1] == 7.0
+    runner((W, H))
+    assert calls[-1] == 1.0  # plain from then on
+
+
+def test_poisson_map_reports_its_relaxation():
+    X, _, _ = simulate(n_features=30, n_samples=40, rank=3, seed=4)
+    fit = bnmf.fit(X, 3, model="poisson", method="map", max_iter=200, progress=False)
+    assert fit.info["relaxation"] == pytest.approx(1.7)
+    assert fit.info["relaxation_fell_back"] in (True, False)
+    assert np.all(np.diff(fit.losses) <= 0)

@@ -41,7 +41,7 @@ from .common import (
     starting_point,
     to_bnmf_layout,
 )
-from .map import _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
+from .map import RelaxedChunks, _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
 from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample, averaged_chunk
 
 __all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
@@ -168,14 +168,14 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
         hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
         one = partial(_poisson_mm_chunk, n_steps=chunk, update_W=True, full=False,
                       log_space=log_space)
-        batched = jax.jit(jax.vmap(lambda W, H, M, lf: one(W, H, X, M, hyper,
-                                                           log_factorials=lf)))
+        batched = jax.jit(jax.vmap(lambda W, H, M, lf, relaxation: one(
+            W, H, X, M, hyper, log_factorials=lf, relaxation=relaxation)))
         # Σ M log X! per member, once: a constant of each fit, not of each chunk
         log_factorials = jax.vmap(lambda M: jnp.sum(jnp.where(M, gammaln(X + 1.0), 0.0)))(masks)
-
-        def step_chunk(state):
-            W, H, loss = batched(*state, masks, log_factorials)
-            return (W, H), loss
+        # over-relaxed like fit_map, each member checked and falling back on its own
+        step_chunk = RelaxedChunks(lambda W, H, relaxation: batched(W, H, masks, log_factorials,
+                                                                    relaxation),
+                                   batch=masks.shape[0])
 
         state = (W0, H0)
     else:

@@ -79,7 +79,8 @@ class RawPosterior(NamedTuple):
 def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator, power_iterations=4):
     """Leading ``rank`` singular triplets of A (Halko et al. 2011), cheap for large A."""
     n_oversample = min(10, min(A.shape) - rank)
-    omega = rng.standard_normal((A.shape[1], rank + max(n_oversample, 0)))
+    # in A's precision: a float64 omega would make every A @ omega copy a float32 A to float64
+    omega = rng.standard_normal((A.shape[1], rank + max(n_oversample, 0))).astype(A.dtype)
     Q, _ = np.linalg.qr(A @ omega)
     for _ in range(power_iterations):
         Q, _ = np.linalg.qr(A.T @ Q)
@@ -96,7 +97,7 @@ def leading_svd(A: np.ndarray, rank: int, rng: np.random.Generator, exact_below:
         return _randomized_svd(A, rank, rng)
     transpose = A.shape[0] > A.shape[1]
     B = A.T if transpose else A  # the short side first: B (short, long); dense or SciPy sparse
-    gram = B @ B.T
+    gram = B.astype(np.float64) @ B.T.astype(np.float64)  # small; float64 keeps its spectrum
     values, vectors = np.linalg.eigh(gram.toarray() if hasattr(gram, "toarray") else gram)
     order = np.argsort(values)[::-1][:rank]
     S = np.sqrt(np.maximum(values[order], 0.0))
@@ -181,7 +182,9 @@ def sparse_starting_point(X, hidden: tuple, rank: int, init: str, seed: int):
 def _inner_products(X, W, H):
     """<X, WH> and ‖WH‖² over every entry, from rank-sized products (X dense or SciPy sparse):
     Σ X ∘ WH as Σ W ∘ (X Hᵀ) and ‖WH‖² as Σ (WᵀW) ∘ (HHᵀ), without forming W H."""
-    return np.sum(W * np.asarray(X @ H.T)), np.sum((W.T @ W) * (H @ H.T))
+    # H in X's precision: a float64 H would make X @ Hᵀ copy a float32 X to float64
+    return (np.sum(W * np.asarray(X @ H.T.astype(X.dtype, copy=False))),
+            np.sum((W.T @ W) * (H @ H.T)))
 
 
 def _rescaled(W, H, x_dot_wh, wh_sq):

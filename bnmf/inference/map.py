@@ -81,19 +81,39 @@ def poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space:
              + gamma_log_density(H, a, rate_H, log_space))
 
 
+# Over-relaxation of the multiplicative updates, A ← A (A_mm / A)^ω with A_mm the MM update:
+# the exponent-ω update is locally stable for 0 < ω < 2 (Badeau, Bertin & Vincent 2010, IEEE
+# TNN 21:1869) and has the MM update's fixed points. Measured (ω = 1.7 against ω = 1, same
+# start): the objective of 200 plain updates is reached after 110 at 2,000 × 10,000 and 150 at
+# 96 × 2,000; ω = 2 oscillates. It is not monotone by construction, so :class:`RelaxedChunks`
+# checks every chunk and falls back to ω = 1, which is.
+RELAXATION = 1.7
+# A step whose plain MM factor A_mm / A exceeds this is taken unrelaxed (keeps A^(1−ω) finite).
+_RELAXATION_CAP = 1e3
+
+
+def relaxed_update(A, A_mm, relaxation):
+    """A (A_mm / A)^ω elementwise; A_mm itself where A is 0 or the factor is extreme."""
+    factor = A_mm / jnp.maximum(A, jnp.finfo(A.dtype).tiny)
+    ordinary = (A > 0) & (factor < _RELAXATION_CAP)
+    return jnp.where(ordinary, A * jnp.where(ordinary, factor, 1.0) ** relaxation, A_mm)
+
+
 @partial(jax.jit, static_argnames=("n_steps", "update_W", "log_space"))
-def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, *, n_steps, update_W,
-                             log_space):
-    """``n_steps`` multiplicative MM updates on dense or sparse counts, then the loss."""
+def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation=1.0, *, n_steps,
+                             update_W, log_space):
+    """``n_steps`` multiplicative MM updates (over-relaxed by ``relaxation``; 1 = plain MM) on
+    dense or sparse counts, then the loss."""
     a, rate_W, rate_H = hyper
     power = a if log_space else a - 1.0
 
     def step(carry, _):
         W, H = carry
         if update_W:
-            W = (W * ratio_right(counts, W, H) + power) / (mask_right(counts, H) + rate_W)
-        H = (H * ratio_left(counts, W, H) + power) / (mask_left(counts, W) + rate_H)
-        return (W, H), None
+            W_mm = (W * ratio_right(counts, W, H) + power) / (mask_right(counts, H) + rate_W)
+            W = relaxed_update(W, W_mm, relaxation)
+        H_mm = (H * ratio_left(counts, W, H) + power) / (mask_left(counts, W) + rate_H)
+        return (W, relaxed_update(H, H_mm, relaxation)), None
 
     (W, H), _ = lax.scan(step, (W, H), None, length=n_steps)
     loss = poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space)
@@ -102,15 +122,52 @@ def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, *, n_steps, up
 
 @partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
 def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space,
-                      log_factorials=None):
+                      log_factorials=None, relaxation=1.0):
     """Dense entry point (kept for callers that vmap over masks, e.g. restarts).
     ``log_factorials`` (Σ M log X!, a constant of the fit) is computed here when not given."""
     Mf = M.astype(X.dtype)
     counts = DenseCounts(X, None if full else Mf)
     if log_factorials is None:
         log_factorials = jnp.sum(Mf * gammaln(X + 1.0))
-    return _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, n_steps=n_steps,
-                                    update_W=update_W, log_space=log_space)
+    return _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation,
+                                    n_steps=n_steps, update_W=update_W, log_space=log_space)
+
+
+class RelaxedChunks:
+    """``step_chunk`` for :func:`run_chunks`: over-relaxed chunks while the loss falls.
+
+    ``chunk(W, H, relaxation=ω) -> (W, H, loss)``, for one fit (loss of shape (1,)) or a
+    vmapped batch (``batch`` members: W, H, ω and loss with a leading member axis). A member's
+    first chunk whose loss is above its previous chunk's (or not finite) is redone from its
+    previous state with plain MM updates (ω = 1, monotone), and its later chunks are plain too;
+    so a member's losses never rise, as with plain MM, and it runs the same steps alone or in
+    a batch. ``fell_back`` says, per member, whether that happened.
+    """
+
+    def __init__(self, chunk, relaxation: float | None = None, batch: int | None = None):
+        self.chunk = chunk
+        value = RELAXATION if relaxation is None else float(relaxation)
+        self.relaxation = np.full(() if batch is None else (batch,), value)
+        self.fell_back = np.zeros(self.relaxation.shape, bool)
+        self.previous_loss = None
+
+    def __call__(self, state):
+        W, H = state
+        plain = np.ones_like(self.relaxation)
+        W_new, H_new, loss = self.chunk(W, H, relaxation=jnp.asarray(self.relaxation, W.dtype))
+        last = np.asarray(loss)[..., -1]
+        rose = (self.relaxation != 1.0) & ~np.isfinite(last)
+        if self.previous_loss is not None:
+            rose |= (self.relaxation != 1.0) & (last > self.previous_loss)
+        if rose.any():
+            W_plain, H_plain, loss_plain = self.chunk(W, H, relaxation=jnp.asarray(plain, W.dtype))
+            pick = lambda relaxed, redone: jnp.where(  # noqa: E731
+                rose.reshape(rose.shape + (1,) * (relaxed.ndim - rose.ndim)), redone, relaxed)
+            W_new, H_new, loss = pick(W_new, W_plain), pick(H_new, H_plain), pick(loss, loss_plain)
+            self.relaxation = np.where(rose, plain, self.relaxation)
+            self.fell_back = self.fell_back | rose
+        self.previous_loss = np.asarray(loss)[..., -1]
+        return (W_new, H_new), loss
 
 
 # ---------------------------------------------------------------------------- Gaussian (MM)
@@ -143,13 +200,28 @@ def _hals_columns(W, XHt, HHt, ridge):
     return lax.fori_loop(0, W.shape[1], update, W)
 
 
+# HALS sweeps per factor and update, from the same products (Gillis & Glineur 2012,
+# "accelerated HALS"): a sweep costs O(n k²) against O(n m k) for the products, and measured to
+# scikit-learn's final CD objective, 2 sweeps need 30 updates instead of 50 at 5,000 × 5,000
+# (rank 20) and 1,000 × 3,000 (rank 10), 45 instead of 50 at 96 × 2,000; 3 or more gain nothing.
+INNER_SWEEPS = 2
+
+
+def _hals_sweeps(W, XHt, HHt, ridge, n_sweeps: int):
+    """``n_sweeps`` HALS sweeps on one factor from the same products XHᵀ and HHᵀ."""
+    if n_sweeps == 1:
+        return _hals_columns(W, XHt, HHt, ridge)
+    return lax.fori_loop(0, n_sweeps, lambda _, W: _hals_columns(W, XHt, HHt, ridge), W)
+
+
 def _noise_mode(rss, n_observed, scale_sigma):
     """argmax over sigma of N(residuals | 0, sigma) · HalfNormal(sigma | scale): a quadratic in σ²."""
     return jnp.sqrt(2.0 * rss / (n_observed + jnp.sqrt(n_observed**2 + 4.0 * rss / scale_sigma**2)))
 
 
-@partial(jax.jit, static_argnames=("n_steps", "update_W", "full"))
-def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None):
+@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "inner_sweeps"))
+def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None,
+                       inner_sweeps=1):
     """``n_steps`` HALS sweeps (``full``: every entry observed) or masked multiplicative
     updates, each followed by the noise scale's mode; then the loss. ``XT`` is X transposed in
     memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
@@ -167,9 +239,9 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
         var = sigma**2
         if full:  # exact block coordinate descent
             if update_W:
-                W = _hals_columns(W, X @ H.T, H @ H.T, var / scale_W**2)
+                W = _hals_sweeps(W, X @ H.T, H @ H.T, var / scale_W**2, inner_sweeps)
             XtW, WtW = (X.T if XT is None else XT) @ W, W.T @ W
-            H = _hals_columns(H.T, XtW, WtW, var / scale_H**2).T
+            H = _hals_sweeps(H.T, XtW, WtW, var / scale_H**2, inner_sweeps).T
             # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over
             # X: ‖X‖² − 2⟨H, WᵀX⟩ + ⟨WᵀW, HHᵀ⟩ (floored at 0 against rounding).
             rss = jnp.maximum(sq_norm - 2.0 * jnp.sum(H * XtW.T) + jnp.sum(WtW * (H @ H.T)),
@@ -230,7 +302,9 @@ def map_start(problem: Problem, init: str, seed: int):
         W, H = sparse_starting_point(X, hidden, problem.rank, init, seed)
         observed_mean = X.sum() / (X.shape[0] * X.shape[1] - hidden[0].size)
     else:
-        X, M = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.mask)
+        # in the fit's precision (float32 by default): a float64 copy of a large X costs more
+        # than the start itself
+        X, M = np.asarray(problem.X), np.asarray(problem.mask)
         W, H = starting_point(X, M, problem.rank, init, seed)
         observed_mean = X.mean() if M.all() else X[M].mean()  # no boolean copy of X
     if problem.W_fixed is not None:
@@ -291,6 +365,7 @@ def fit_map(
     RawPosterior with one chain of one draw; ``info`` says which algorithm and mode space ran.
     """
     model = problem.model
+    extra_info = {}
     if W_start is None or H_start is None:
         W_start, H_start = map_start(problem, init, seed)
     problem, W_start, H_start = shard_problem(problem, W_start, H_start, devices)
@@ -308,17 +383,17 @@ def fit_map(
         log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
         chunk = 10
 
-        def step_chunk(state):
-            W, H, loss = _poisson_mm_counts_chunk(*state, counts, hyper, log_factorials,
-                                                  n_steps=chunk, update_W=update_W,
-                                                  log_space=log_space)
-            return (W, H), loss
+        step_chunk = RelaxedChunks(partial(
+            _poisson_mm_counts_chunk, counts=counts, hyper=hyper, log_factorials=log_factorials,
+            n_steps=chunk, update_W=update_W, log_space=log_space))
 
         (W, H), losses, iterations, converged = run_chunks(
             step_chunk, (W_start, H_start), max_iter, chunk, tol, progress, "MAP"
         )
         values = {"W": W, "H": H}
         algorithm, space = "multiplicative-mm", "log" if log_space else "constrained"
+        extra_info = {"relaxation": RELAXATION if step_chunk.fell_back else float(
+            step_chunk.relaxation), "relaxation_fell_back": bool(step_chunk.fell_back)}
     elif isinstance(model, GaussianHalfNormal):
         hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
@@ -329,7 +404,8 @@ def fit_map(
 
         def step_chunk(state):
             W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=chunk,
-                                                   update_W=update_W, full=full, XT=XT)
+                                                   update_W=update_W, full=full, XT=XT,
+                                                   inner_sweeps=INNER_SWEEPS)
             return (W, H, sigma), loss
 
         (W, H, sigma), losses, iterations, converged = run_chunks(
@@ -356,7 +432,7 @@ def fit_map(
         algorithm, space = "adam", "constrained factors, log scales"
     draws = {name: np.asarray(value)[None, None] for name, value in values.items()}
     info = {"algorithm": algorithm, "mode_space": space, "iterations": iterations,
-            "converged": converged}
+            "converged": converged, **extra_info}
     return RawPosterior(draws=draws, losses=losses, elbo=None, info=info)
 
 
