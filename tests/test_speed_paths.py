@@ -388,3 +388,21 @@ def test_poisson_map_reports_its_relaxation():
     assert fit.info["relaxation"] == pytest.approx(1.7)
     assert fit.info["relaxation_fell_back"] in (True, False)
     assert np.all(np.diff(fit.losses) <= 0)
+
+
+@pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
+def test_segments_hold_every_entry_once_with_bounded_padding(density):
+    from bnmf.inference.counts import MAX_SEGMENT_WIDTH, segments
+
+    X = sp.random(70, 300, density=density, random_state=2, format="coo",
+                  data_rvs=lambda n: RNG.integers(1, 50, n).astype(float))
+    X = sp.vstack([X, sp.coo_matrix((3, 300))]).tocoo()  # rows without entries too
+    for owners, others, n_owners, dense in [(X.row, X.col, X.shape[0], X.toarray()),
+                                            (X.col, X.row, X.shape[1], X.toarray().T)]:
+        seg = segments(owners, others, X.data, n_owners, "float32")
+        owner, index, values = (np.asarray(a) for a in (seg.owner, seg.index, seg.values))
+        rebuilt = np.zeros_like(dense)
+        np.add.at(rebuilt, (np.repeat(owner, index.shape[1]), index.ravel()), values.ravel())
+        np.testing.assert_array_equal(rebuilt, dense)
+        assert np.all(np.diff(owner) >= 0)
+        assert values.size <= 2 * max(X.nnz, n_owners) and index.shape[1] <= MAX_SEGMENT_WIDTH

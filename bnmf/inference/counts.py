@@ -7,8 +7,9 @@ Multiplicative MAP updates and CAVI for the Poisson–gamma model touch the data
 * ``sum_x_log_rate(c, A, B) = Σ M ∘ X ∘ log AB`` and ``sum_rate(c, A, B) = Σ M ∘ AB``,
 
 with A (n_features, rank), B (rank, n_samples) and M the mask. :class:`DenseCounts` computes
-them with matrix products; :class:`SparseCounts` holds only the non-zero observed counts (COO)
-and the unobserved entries, and costs O((nnz + n_unobserved) · rank) plus
+them with matrix products; :class:`SparseCounts` holds only the non-zero observed counts (COO,
+plus the same entries grouped by row and by column, see :class:`Segments`) and the unobserved
+entries, and costs O((nnz + n_unobserved) · rank) plus
 O((n_features + n_samples) · rank): a zero count adds nothing to ``X/AB``, and the sum of the
 rate over all entries factorizes into column sums of A times row sums of B, from which the
 (few) unobserved entries are subtracted.
@@ -58,21 +59,86 @@ class DenseCounts:
 
 
 @register_pytree_node_class
+class Segments:
+    """Non-zero counts grouped by their row (or column): segments of ``width`` entries that
+    share one owner, the last segment of each owner padded with zero counts.
+
+    Per segment the owner's factor row is gathered once, and the entries' ratios and their
+    products with the other factor are reduced inside the segment; only one value per
+    segment and rank is then summed per owner. On 2 CPU cores this is 2.5–3x faster than one
+    gather of both factors and a scatter per entry (COO), at 2,000 × 10,000 with 10% non-zero.
+
+    Attributes
+    ----------
+    owner : int32 array of shape (n_segments,), sorted
+    index : int32 array of shape (n_segments, width), the other axis's index of each entry
+    values : float array of shape (n_segments, width), 0 for padding
+    """
+
+    def __init__(self, owner, index, values):
+        self.owner, self.index, self.values = owner, index, values
+
+    def tree_flatten(self):
+        return (self.owner, self.index, self.values), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+
+# Widest segment: wider ones gain nothing measurable and pad more.
+MAX_SEGMENT_WIDTH = 64
+
+
+def segments(owners: np.ndarray, others: np.ndarray, values: np.ndarray, n_owners: int,
+             dtype) -> Segments:
+    """:class:`Segments` of entries (owners[i], others[i]) = values[i], on the host.
+
+    The width is the largest power of two at most the mean number of entries per owner
+    (capped at :data:`MAX_SEGMENT_WIDTH`), so padding adds at most one entry per entry.
+    """
+    order = np.lexsort((others, owners))
+    owners, others, values = owners[order], others[order], values[order]
+    counts = np.bincount(owners, minlength=n_owners)
+    mean = max(owners.size / max(n_owners, 1), 1.0)
+    width = int(min(MAX_SEGMENT_WIDTH, 2 ** int(np.floor(np.log2(mean)))))
+    n_segments = -(-counts // width)  # per owner; 0 for an owner without entries
+    first_segment = np.concatenate([[0], np.cumsum(n_segments)[:-1]])
+    first_entry = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    within = np.arange(owners.size) - first_entry[owners]
+    segment, slot = first_segment[owners] + within // width, within % width
+    total = int(n_segments.sum())
+    index = np.zeros((total, width), np.int32)
+    padded = np.zeros((total, width), values.dtype)
+    index[segment, slot], padded[segment, slot] = others, values
+    owner = np.repeat(np.arange(n_owners, dtype=np.int32), n_segments)
+    return Segments(jnp.asarray(owner), jnp.asarray(index), jnp.asarray(padded, dtype))
+
+
+@register_pytree_node_class
 class SparseCounts:
-    """Non-zero observed counts in COO form plus the unobserved entries.
+    """Non-zero observed counts in COO form and grouped by rows and by columns, plus the
+    unobserved entries.
 
     Attributes
     ----------
     rows, cols : int32 arrays of shape (nnz,)
     values : float array of shape (nnz,)
+    by_row, by_col : :class:`Segments` of the same entries (owned by rows, by columns)
     hidden_rows, hidden_cols : int32 arrays of shape (n_unobserved,)
     shape : (n_features, n_samples), static
     """
 
-    def __init__(self, rows, cols, values, hidden_rows, hidden_cols, shape):
+    def __init__(self, rows, cols, values, hidden_rows, hidden_cols, shape, by_row=None,
+                 by_col=None):
         self.rows, self.cols, self.values = rows, cols, values
         self.hidden_rows, self.hidden_cols = hidden_rows, hidden_cols
         self.shape = tuple(int(n) for n in shape)
+        if by_row is None:  # built on the host from the COO entries
+            host = [np.asarray(a) for a in (rows, cols, values)]
+            by_row = segments(host[0], host[1], host[2], self.shape[0], values.dtype)
+            by_col = segments(host[1], host[0], host[2], self.shape[1], values.dtype)
+        self.by_row, self.by_col = by_row, by_col
 
     @property
     def dtype(self):
@@ -83,11 +149,13 @@ class SparseCounts:
         return self.hidden_rows.shape[0] == 0
 
     def tree_flatten(self):
-        return (self.rows, self.cols, self.values, self.hidden_rows, self.hidden_cols), self.shape
+        return ((self.rows, self.cols, self.values, self.hidden_rows, self.hidden_cols,
+                 self.by_row, self.by_col), self.shape)
 
     @classmethod
     def tree_unflatten(cls, shape, children):
-        return cls(*children, shape)
+        *arrays, by_row, by_col = children
+        return cls(*arrays, shape, by_row, by_col)
 
 
 def to_scipy(c: SparseCounts) -> sp.coo_matrix:
@@ -140,12 +208,6 @@ def log_factorial_sum(counts) -> float:
     if weight is not None:
         terms = terms.ravel() * weight
     return float(terms.sum())
-
-
-def _rate_at(A, B, rows, cols):
-    """(AB) at the given entries, floored so that X / AB and log AB stay finite."""
-    rate = jnp.sum(A[rows] * B.T[cols], axis=1)
-    return jnp.maximum(rate, jnp.finfo(rate.dtype).tiny)
 
 
 def _dense_ratio(X, weight, A, B):
@@ -216,22 +278,35 @@ def _dense_ratio_left(c: DenseCounts, A, B):
         X, weight, A_rows, B), jnp.zeros(B.shape, A.dtype))
 
 
+def _segment_rates(seg: Segments, A, B):
+    """(AB) at every slot of ``seg`` (owned by rows of A (n, rank); B (rank, m)), floored so
+    that X / AB and log AB stay finite; and B's columns gathered there, (n_segments, width,
+    rank)."""
+    gathered = B.T[seg.index]
+    rate = jnp.einsum("swk,sk->sw", gathered, A[seg.owner])
+    return jnp.maximum(rate, jnp.finfo(rate.dtype).tiny), gathered
+
+
+def _segment_ratio_products(seg: Segments, A, B, n_owners: int):
+    """(X / AB) Bᵀ over the entries of ``seg``, shape (n_owners, rank)."""
+    rate, gathered = _segment_rates(seg, A, B)
+    per_segment = jnp.einsum("sw,swk->sk", seg.values / rate, gathered)
+    return jax.ops.segment_sum(per_segment, seg.owner, num_segments=n_owners,
+                               indices_are_sorted=True)
+
+
 def ratio_right(c, A, B):
     """(M ∘ X / AB) Bᵀ, shape (n_features, rank)."""
     if isinstance(c, DenseCounts):
         return _dense_ratio_right(c, A, B)
-    Bt = B.T[c.cols]
-    ratio = c.values / jnp.maximum(jnp.sum(A[c.rows] * Bt, axis=1), jnp.finfo(A.dtype).tiny)
-    return jax.ops.segment_sum(ratio[:, None] * Bt, c.rows, num_segments=c.shape[0])
+    return _segment_ratio_products(c.by_row, A, B, c.shape[0])
 
 
 def ratio_left(c, A, B):
     """Aᵀ (M ∘ X / AB), shape (rank, n_samples)."""
     if isinstance(c, DenseCounts):
         return _dense_ratio_left(c, A, B)
-    Ar = A[c.rows]
-    ratio = c.values / jnp.maximum(jnp.sum(Ar * B.T[c.cols], axis=1), jnp.finfo(A.dtype).tiny)
-    return jax.ops.segment_sum(ratio[:, None] * Ar, c.cols, num_segments=c.shape[1]).T
+    return _segment_ratio_products(c.by_col, B.T, A.T, c.shape[1]).T
 
 
 def mask_right(c, B):
@@ -259,7 +334,7 @@ def sum_x_log_rate(c, A, B):
     """Σ M ∘ X ∘ log AB."""
     if isinstance(c, DenseCounts):
         return _dense_sum_x_log_rate(c, A, B)
-    return jnp.sum(c.values * jnp.log(_rate_at(A, B, c.rows, c.cols)))
+    return jnp.sum(c.by_row.values * jnp.log(_segment_rates(c.by_row, A, B)[0]))
 
 
 def _x_log_rate(X, weight, A, B):
