@@ -119,7 +119,8 @@ def _sweep(factors: GammaFactors, counts, hyper) -> GammaFactors:
 
 @partial(jax.jit, static_argnames=("n_steps",))
 def _cavi_chunk(factors, counts, hyper, log_factorials, *, n_steps):
-    factors = lax.fori_loop(0, n_steps, lambda _, f: _sweep(f, counts, hyper), factors)
+    factors, _ = lax.scan(lambda f, _: (_sweep(f, counts, hyper), None), factors, None,
+                          length=n_steps)
     return factors, -cavi_elbo(factors, counts, hyper, log_factorials)[None]
 
 

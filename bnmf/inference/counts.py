@@ -278,10 +278,18 @@ def _dense_ratio_left(c: DenseCounts, A, B):
         X, weight, A_rows, B), jnp.zeros(B.shape, A.dtype))
 
 
+def _materialized(B):
+    """B (rank, n) computed into memory once. XLA fuses an elementwise producer into a gather
+    and recomputes it per gathered slot (CAVI's exp digamma: 25x slower); a product with the
+    identity is not fused (an optimization barrier is, on XLA:CPU) and costs O(rank² n)."""
+    return jnp.matmul(jnp.eye(B.shape[0], dtype=B.dtype), B, precision=jax.lax.Precision.HIGHEST)
+
+
 def _segment_rates(seg: Segments, A, B):
     """(AB) at every slot of ``seg`` (owned by rows of A (n, rank); B (rank, m)), floored so
     that X / AB and log AB stay finite; and B's columns gathered there, (n_segments, width,
     rank)."""
+    A, B = _materialized(A.T).T, _materialized(B)
     gathered = B.T[seg.index]
     rate = jnp.einsum("swk,sk->sw", gathered, A[seg.owner])
     return jnp.maximum(rate, jnp.finfo(rate.dtype).tiny), gathered
