@@ -386,8 +386,8 @@ def test_poisson_map_reports_its_relaxation():
     X, _, _ = simulate(n_features=30, n_samples=40, rank=3, seed=4)
     fit = bnmf.fit(X, 3, model="poisson", method="map", max_iter=200, progress=False)
     assert fit.info["relaxation"] == pytest.approx(1.7)
-    assert fit.info["relaxation_fell_back"] in (True, False)
-    assert np.all(np.diff(fit.losses) <= 0)
+    assert isinstance(fit.info["relaxation_fell_back"], bool)
+    assert np.all(np.diff(fit.losses) <= 0)  # the fall-back check keeps the trace monotone
 
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
