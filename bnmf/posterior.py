@@ -141,6 +141,10 @@ def align_draws(draws: dict) -> dict:
         chain_perm = align_permutation(W[c].mean(axis=0), reference)
         for d in range(n_draws):
             perms[c, d] = chain_perm[align_permutation(W[c, d][:, chain_perm], reference)]
+    if (perms == np.arange(W.shape[-1])).all():
+        # nothing to permute (the rule for a variational posterior, which has one labelling);
+        # permuting would copy every draw
+        return dict(draws)
     aligned = {}
     for name, value in draws.items():
         dims = SITE_DIMS.get(name, ())
@@ -198,8 +202,10 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
     if data.sparse is not None:  # sparse input stays O(nnz): its entries, not a dense copy
         observed, constant = _sparse_groups(data, coords)
     else:
-        observed = xr.Dataset({"X": (dims, np.where(data.mask, data.values, np.nan))},
-                              coords=coords)
+        # Data.values is bnmf's own copy, so a fully observed X is stored without another
+        # (a 5,000 x 5,000 float64 copy took 0.3 s, more than a tenth of a MAP fit)
+        values = data.values if data.fully_observed else np.where(data.mask, data.values, np.nan)
+        observed = xr.Dataset({"X": (dims, values)}, coords=coords)
         constant = xr.Dataset({"mask": (dims, data.mask)}, coords=coords)
     stats = xr.Dataset({"loss": (("iteration",), np.asarray(raw.losses, dtype=np.float64))})
     return to_arviz({"posterior": posterior, "observed_data": observed,

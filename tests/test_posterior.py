@@ -99,6 +99,18 @@ def test_alignment_undoes_label_switching():
     assert np.array_equal(W[:, p][:, align_permutation(W[:, p], W)], W)
 
 
+def test_alignment_leaves_aligned_draws_uncopied():
+    rng = np.random.default_rng(2)
+    W = rng.dirichlet(np.ones(20), 4).T
+    draws = {"W": np.broadcast_to(W, (2, 3, 20, 4)) * rng.uniform(0.9, 1.1, (2, 3, 20, 4)),
+             "H": rng.gamma(1, 1, (2, 3, 4, 7))}
+    aligned = align_draws(draws)
+    # one labelling already: the very same arrays come back (no copy of every draw)
+    assert aligned["W"] is draws["W"] and aligned["H"] is draws["H"]
+    draws["W"][1, 2] = draws["W"][1, 2][:, [1, 0, 2, 3]]
+    assert not np.shares_memory(align_draws(draws)["W"], draws["W"])
+
+
 def test_interval_contains_mean_and_has_shapes(svi_fit):
     bounds = svi_fit.interval(0.9)
     for name, mean in (("W", svi_fit.W), ("H", svi_fit.H)):

@@ -226,7 +226,8 @@ def fit_cavi(
     init : {"nndsvda", "random"}
         Starting means of q(W), q(H) (the MAP's starting point).
     max_iter : int
-        Maximum number of sweeps (each updates q(W) then q(H)).
+        Maximum number of sweeps (each updates q(W) then q(H)), rounded up to a whole chunk
+        of 10 (the compiled unit; ``info["iterations"]`` says how many ran).
     tol : float
         Stop when the bound changes by less than ``tol`` relative over 10 sweeps.
     num_draws : int
