@@ -510,6 +510,47 @@ def time_minibatch_nmf(X, size: Size, trace: Trace) -> dict:
             "bnmf_to_reach": reach}
 
 
+def torchnmf_version() -> str | None:
+    """torchnmf's version where it (and PyTorch) import, else None."""
+    try:
+        import torch  # noqa: F401
+        import torchnmf
+    except ImportError:
+        return None
+    from importlib.metadata import version
+
+    return f"torchnmf {version('torchnmf')}, torch {torch.__version__}"
+
+
+def time_torchnmf(X, size: Size, trace: Trace, max_iter: int) -> dict:
+    """torchnmf's KL NMF (``NMF(V.shape, rank).fit(V, beta=1)``: multiplicative updates through
+    autograd, its random start, default tol/max_iter) on V = X.T in float32 on the CPU, with
+    PyTorch's threads set to the cores; against the time bnmf's warm MAP trace needed to reach
+    the same KL (the trace is extended when torchnmf got further than scikit-learn)."""
+    import torch
+    from torchnmf.nmf import NMF as TorchNMF
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    V = torch.from_numpy(np.ascontiguousarray(X.T))
+
+    def run():
+        torch.manual_seed(SEED)
+        model = TorchNMF(V.shape, rank=size.rank)
+        return model, model.fit(V, beta=1)
+
+    (model, n_iter), seconds, peak = measure(run)
+    # V (samples × features) ≈ H Wᵀ with torchnmf's H (samples × rank), W (features × rank)
+    W = model.W.detach().numpy().astype(np.float64)
+    H = model.H.detach().numpy().astype(np.float64).T
+    objective = kl_objective(X, W, H)
+    if trace.objectives[-1] > objective:  # the trace stopped at scikit-learn's objective
+        trace = bnmf_trace(X, size.rank, "poisson", "kl", objective, max_iter)
+    reach = next((trace.start_seconds + t for t, value in zip(trace.seconds, trace.objectives)
+                  if value <= objective), None)
+    return {"seconds": seconds, "peak": peak, "objective": objective, "n_iter": int(n_iter),
+            "bnmf_to_reach": reach}
+
+
 # ------------------------------------------------------------------------------ benchmark
 def benchmark_size(size: Size, max_iter: int) -> dict:
     """Every measurement for one size."""
@@ -541,6 +582,10 @@ def benchmark_size(size: Size, max_iter: int) -> dict:
     if size.minibatch:
         result["minibatch"] = time_minibatch_nmf(X, size, result["map"]["poisson"]["trace"])
         log(f"  MiniBatchNMF: {result['minibatch']}")
+    if "poisson" in size.kinds and torchnmf_version() is not None:
+        result["torchnmf"] = time_torchnmf(X, size, result["map"]["poisson"]["trace"],
+                                           max_iter)
+        log(f"  torchnmf: {result['torchnmf']}")
     if "poisson" in size.kinds:
         result["cavi"] = time_bnmf_cavi(X, size, size.repeats)
         log(f"  bnmf cavi: cold {result['cavi']['cold']:.2f}s, warm {result['cavi']['warm']:.2f}s,"
@@ -582,7 +627,8 @@ def versions() -> str:
 
     return (f"Python {platform.python_version()}, bnmf {bnmf.__version__}, jax {jax.__version__}"
             f" (jaxlib {jaxlib.__version__}), numpyro {numpyro.__version__}, scikit-learn "
-            f"{sklearn.__version__}, numpy {np.__version__}, scipy {scipy.__version__}")
+            f"{sklearn.__version__}, numpy {np.__version__}, scipy {scipy.__version__}"
+            + (f", {torchnmf_version()}" if torchnmf_version() else ""))
 
 
 def _ratio(a: float, b: float) -> str:
@@ -755,6 +801,25 @@ def minibatch_table(results: list) -> list[str]:
     return rows
 
 
+def torchnmf_table(results: list) -> list[str]:
+    rows = [
+        "| size | torchnmf time (s) | its iterations | its KL | KL rel. to scikit-learn's "
+        "| bnmf MAP time to that KL (s) | ratio bnmf / torchnmf | peak RSS torchnmf (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        if "torchnmf" not in result:
+            continue
+        t = result["torchnmf"]
+        sk = result["map"]["poisson"]["sklearn"].objective
+        reach = "not reached" if t["bnmf_to_reach"] is None else f"{t['bnmf_to_reach']:.2f}"
+        ratio = "–" if t["bnmf_to_reach"] is None else _ratio(t["bnmf_to_reach"], t["seconds"])
+        rows.append(f"| {result['size'].label} | {t['seconds']:.2f} | {t['n_iter']} "
+                    f"| {t['objective']:.7g} | {(t['objective'] - sk) / sk:+.1e} | {reach} "
+                    f"| {ratio} | {t['peak']:.0f} |")
+    return rows
+
+
 def sparse_table(results: list) -> list[str]:
     rows = [
         "| size | density | call | dense input (s) | sparse input (s) | ratio sparse / dense "
@@ -841,8 +906,10 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
         *done_when_table(results),
         "",
         "Not measured here: nimfa 1.4.0 (2019, the latest on PyPI) fails on NumPy 2 "
-        "(`np.mat` was removed); torchnmf needs PyTorch, not installed in this environment. No "
-        "GPU was lent to the session that ran this, so there is no GPU figure (and no "
+        "(`np.mat` was removed)"
+        + ("" if torchnmf_version() else "; torchnmf needs PyTorch, not installed in the "
+           "environment that ran this (`pip install torch torchnmf` adds its rows)")
+        + ". No GPU was lent to the session that ran this, so there is no GPU figure (and no "
         "\"8 vmapped restarts ≤ 3× one\" check on a GPU).",
         "",
         "## Time to reach scikit-learn's final objective",
@@ -894,6 +961,17 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
         "",
         *minibatch_table(results),
         "",
+        *([] if not any("torchnmf" in r for r in results) else [
+            "## torchnmf",
+            "",
+            f"{torchnmf_version()}: `NMF(X.T.shape, rank).fit(X.T, beta=1)` (KL, "
+            "multiplicative updates through autograd, its random start, default tol=1e-4 and "
+            "max_iter=200), float32 on the CPU with `torch.set_num_threads(os.cpu_count())`, "
+            "one call; against the time bnmf's warm MAP trace (start + update chunks) needed to "
+            "reach torchnmf's final KL.",
+            "",
+            *torchnmf_table(results),
+            ""]),
         "## Full posterior (CAVI)",
         "",
         "`bnmf.fit(X, rank, model=\"poisson\", method=\"cavi\", progress=False[, num_draws])`"
