@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 import arviz as az
@@ -44,6 +45,7 @@ SITE_DIMS = {
 }
 
 
+@lru_cache(maxsize=1)  # a metadata lookup costs milliseconds; the version does not change
 def _bnmf_version() -> str:
     try:
         return version("bnmf")

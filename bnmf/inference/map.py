@@ -96,7 +96,10 @@ def relaxed_update(A, A_mm, relaxation):
     """A (A_mm / A)^ω elementwise; A_mm itself where A is 0 or the factor is extreme."""
     factor = A_mm / jnp.maximum(A, jnp.finfo(A.dtype).tiny)
     ordinary = (A > 0) & (factor < _RELAXATION_CAP)
-    return jnp.where(ordinary, A * jnp.where(ordinary, factor, 1.0) ** relaxation, A_mm)
+    # exp(ω log f), not f ** ω: XLA:CPU's pow with a traced exponent is a slow scalar path
+    # (at 96 x 2,000 it made an update 1.7x slower than plain MM; exp-log: 1.15x)
+    power = jnp.exp(relaxation * jnp.log(jnp.where(ordinary, factor, 1.0)))
+    return jnp.where(ordinary, A * power, A_mm)
 
 
 @partial(jax.jit, static_argnames=("n_steps", "update_W", "log_space"))
