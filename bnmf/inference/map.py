@@ -354,8 +354,9 @@ def fit_map(
     init : {"nndsvda", "random"}
         Starting point (ignored when ``W_start``/``H_start`` are given).
     max_iter : int
-        Maximum number of updates, rounded up to a whole chunk of 10 (the compiled unit;
-        ``info["iterations"]`` says how many ran).
+        Maximum number of updates, rounded up to a whole chunk (the compiled unit: 10
+        closed-form updates, or 50 Adam steps for models without them; ``info["iterations"]``
+        says how many ran).
     tol : float
         Stop when the negative log joint changes by less than ``tol`` relative over a chunk.
     learning_rate : float

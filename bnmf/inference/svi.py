@@ -123,7 +123,8 @@ def fit_svi(
     guide_rank : int
         Rank of the low-rank guide's covariance factor.
     max_steps : int
-        Maximum number of optimisation steps.
+        Maximum number of optimisation steps, rounded up to a whole chunk of 100 (the
+        compiled unit; ``info["iterations"]`` says how many ran).
     min_steps : int
         Steps taken before convergence may be declared (the spread settles after the mean).
     tol : float
