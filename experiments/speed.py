@@ -493,6 +493,12 @@ def time_restarts(X, size: Size, sk: SklearnResult, iterations: int) -> dict:
     return out
 
 
+def time_to_reach(trace: Trace, objective: float) -> float | None:
+    """Seconds (start + update chunks) bnmf's warm trace took to get to ``objective``."""
+    return next((trace.start_seconds + t for t, value in zip(trace.seconds, trace.objectives)
+                 if value <= objective), None)
+
+
 def time_minibatch_nmf(X, size: Size, trace: Trace) -> dict:
     """scikit-learn's MiniBatchNMF (KL, nndsvda, default options) against the time bnmf's MAP
     trace (start + update chunks) needed to reach the same objective."""
@@ -504,8 +510,7 @@ def time_minibatch_nmf(X, size: Size, trace: Trace) -> dict:
         warnings.simplefilter("ignore", ConvergenceWarning)
         H_t, seconds, peak = measure(lambda: estimator.fit_transform(X.T))
     objective = kl_objective(X, estimator.components_.T, H_t.T)
-    reach = next((trace.start_seconds + t for t, value in zip(trace.seconds, trace.objectives)
-                  if value <= objective), None)
+    reach = time_to_reach(trace, objective)
     return {"seconds": seconds, "peak": peak, "objective": objective, "n_steps": estimator.n_steps_,
             "bnmf_to_reach": reach}
 
@@ -545,8 +550,7 @@ def time_torchnmf(X, size: Size, trace: Trace, max_iter: int) -> dict:
     objective = kl_objective(X, W, H)
     if trace.objectives[-1] > objective:  # the trace stopped at scikit-learn's objective
         trace = bnmf_trace(X, size.rank, "poisson", "kl", objective, max_iter)
-    reach = next((trace.start_seconds + t for t, value in zip(trace.seconds, trace.objectives)
-                  if value <= objective), None)
+    reach = time_to_reach(trace, objective)
     return {"seconds": seconds, "peak": peak, "objective": objective, "n_iter": int(n_iter),
             "bnmf_to_reach": reach}
 
@@ -784,6 +788,13 @@ def restarts_table(results: list) -> list[str]:
     return rows
 
 
+def _reach_cells(peer: dict) -> tuple[str, str]:
+    """Table cells: bnmf's time to reach a peer's objective, and its ratio to the peer's time."""
+    if peer["bnmf_to_reach"] is None:
+        return "not reached", "–"
+    return f"{peer['bnmf_to_reach']:.2f}", _ratio(peer["bnmf_to_reach"], peer["seconds"])
+
+
 def minibatch_table(results: list) -> list[str]:
     rows = [
         "| size | MiniBatchNMF time (s) | its KL | bnmf MAP time to that KL (s) | ratio "
@@ -794,8 +805,7 @@ def minibatch_table(results: list) -> list[str]:
         if "minibatch" not in result:
             continue
         m = result["minibatch"]
-        reach = "not reached" if m["bnmf_to_reach"] is None else f"{m['bnmf_to_reach']:.2f}"
-        ratio = "–" if m["bnmf_to_reach"] is None else _ratio(m["bnmf_to_reach"], m["seconds"])
+        reach, ratio = _reach_cells(m)
         rows.append(f"| {result['size'].label} | {m['seconds']:.2f} | {m['objective']:.7g} "
                     f"| {reach} | {ratio} | {m['peak']:.0f} |")
     return rows
@@ -812,8 +822,7 @@ def torchnmf_table(results: list) -> list[str]:
             continue
         t = result["torchnmf"]
         sk = result["map"]["poisson"]["sklearn"].objective
-        reach = "not reached" if t["bnmf_to_reach"] is None else f"{t['bnmf_to_reach']:.2f}"
-        ratio = "–" if t["bnmf_to_reach"] is None else _ratio(t["bnmf_to_reach"], t["seconds"])
+        reach, ratio = _reach_cells(t)
         rows.append(f"| {result['size'].label} | {t['seconds']:.2f} | {t['n_iter']} "
                     f"| {t['objective']:.7g} | {(t['objective'] - sk) / sk:+.1e} | {reach} "
                     f"| {ratio} | {t['peak']:.0f} |")
