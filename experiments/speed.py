@@ -493,13 +493,17 @@ def time_restarts(X, size: Size, sk: SklearnResult, iterations: int) -> dict:
     return out
 
 
-def time_to_reach(trace: Trace, objective: float) -> float | None:
-    """Seconds (start + update chunks) bnmf's warm trace took to get to ``objective``."""
+def time_to_reach(X, size: Size, trace: Trace, objective: float, max_iter: int) -> float | None:
+    """Seconds (start + update chunks) bnmf's warm MAP trace took to get to a peer's KL
+    ``objective``; a new trace is run when the given one stopped short of it (at
+    scikit-learn's objective)."""
+    if trace.objectives[-1] > objective:
+        trace = bnmf_trace(X, size.rank, "poisson", "kl", objective, max_iter)
     return next((trace.start_seconds + t for t, value in zip(trace.seconds, trace.objectives)
                  if value <= objective), None)
 
 
-def time_minibatch_nmf(X, size: Size, trace: Trace) -> dict:
+def time_minibatch_nmf(X, size: Size, trace: Trace, max_iter: int) -> dict:
     """scikit-learn's MiniBatchNMF (KL, nndsvda, default options) against the time bnmf's MAP
     trace (start + update chunks) needed to reach the same objective."""
     from sklearn.decomposition import MiniBatchNMF
@@ -510,7 +514,7 @@ def time_minibatch_nmf(X, size: Size, trace: Trace) -> dict:
         warnings.simplefilter("ignore", ConvergenceWarning)
         H_t, seconds, peak = measure(lambda: estimator.fit_transform(X.T))
     objective = kl_objective(X, estimator.components_.T, H_t.T)
-    reach = time_to_reach(trace, objective)
+    reach = time_to_reach(X, size, trace, objective, max_iter)
     return {"seconds": seconds, "peak": peak, "objective": objective, "n_steps": estimator.n_steps_,
             "bnmf_to_reach": reach}
 
@@ -531,7 +535,7 @@ def time_torchnmf(X, size: Size, trace: Trace, max_iter: int) -> dict:
     """torchnmf's KL NMF (``NMF(V.shape, rank).fit(V, beta=1)``: multiplicative updates through
     autograd, its random start, default tol/max_iter) on V = X.T in float32 on the CPU, with
     PyTorch's threads set to the cores; against the time bnmf's warm MAP trace needed to reach
-    the same KL (the trace is extended when torchnmf got further than scikit-learn)."""
+    the same KL."""
     import torch
     from torchnmf.nmf import NMF as TorchNMF
 
@@ -548,9 +552,7 @@ def time_torchnmf(X, size: Size, trace: Trace, max_iter: int) -> dict:
     W = model.W.detach().numpy().astype(np.float64)
     H = model.H.detach().numpy().astype(np.float64).T
     objective = kl_objective(X, W, H)
-    if trace.objectives[-1] > objective:  # the trace stopped at scikit-learn's objective
-        trace = bnmf_trace(X, size.rank, "poisson", "kl", objective, max_iter)
-    reach = time_to_reach(trace, objective)
+    reach = time_to_reach(X, size, trace, objective, max_iter)
     return {"seconds": seconds, "peak": peak, "objective": objective, "n_iter": int(n_iter),
             "bnmf_to_reach": reach}
 
@@ -584,7 +586,8 @@ def benchmark_size(size: Size, max_iter: int) -> dict:
                                            poisson["trace"].iterations[-1])
         log(f"  restarts: {result['restarts']}")
     if size.minibatch:
-        result["minibatch"] = time_minibatch_nmf(X, size, result["map"]["poisson"]["trace"])
+        result["minibatch"] = time_minibatch_nmf(X, size, result["map"]["poisson"]["trace"],
+                                                 max_iter)
         log(f"  MiniBatchNMF: {result['minibatch']}")
     if "poisson" in size.kinds and torchnmf_version() is not None:
         result["torchnmf"] = time_torchnmf(X, size, result["map"]["poisson"]["trace"],
