@@ -406,3 +406,24 @@ def test_segments_hold_every_entry_once_with_bounded_padding(density):
         np.testing.assert_array_equal(rebuilt, dense)
         assert np.all(np.diff(owner) >= 0)
         assert values.size <= 2 * max(X.nnz, n_owners) and index.shape[1] <= MAX_SEGMENT_WIDTH
+
+
+@pytest.mark.parametrize("model, method, options", [
+    ("poisson", "map", {}), ("gaussian", "map", {}), ("poisson", "cavi", {"num_draws": 20}),
+    ("poisson", "map", {"init": "random"}),
+])
+def test_a_second_fit_of_the_same_shapes_compiles_nothing(caplog, model, method, options):
+    """Compiled programs are reused across calls: new data, seed and start, same shapes."""
+    rng = np.random.default_rng(3)
+    X1, X2 = (rng.poisson(5.0, (23, 31)).astype(float) for _ in range(2))
+    bnmf.fit(X1, 3, model=model, method=method, seed=0, max_iter=20, progress=False, **options)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            bnmf.fit(X2, 3, model=model, method=method, seed=1, max_iter=20, progress=False,
+                     **options)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiled == []
