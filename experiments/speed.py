@@ -710,6 +710,11 @@ def throughput_table(results: list, peak: float) -> list[str]:
     return rows
 
 
+def _entries(results: list, key: str):
+    """(result, result[key]) for the sizes where ``key`` was measured."""
+    return ((result, result[key]) for result in results if key in result)
+
+
 def cavi_table(results: list) -> list[str]:
     rows = [
         "| size | CAVI sweeps (converged) | num_draws | CAVI first call (s) | CAVI warm (s) "
@@ -717,10 +722,8 @@ def cavi_table(results: list) -> list[str]:
         "| KL of posterior mean, rel. to sklearn's | peak RSS CAVI (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in results:
-        if "cavi" not in result:
-            continue
-        cavi, mu = result["cavi"], result["map"]["poisson"]["sklearn"]
+    for result, cavi in _entries(results, "cavi"):
+        mu = result["map"]["poisson"]["sklearn"]
         rows.append(
             f"| {result['size'].label} | {cavi['iterations']} "
             f"({'yes' if cavi['converged'] else 'no'}) | {cavi['num_draws']} "
@@ -776,10 +779,7 @@ def restarts_table(results: list) -> list[str]:
         "| ratio bnmf / sklearn | KL range bnmf | KL range sklearn | peak RSS bnmf (MiB) |",
         "|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
-    for result in results:
-        if "restarts" not in result:
-            continue
-        r = result["restarts"]
+    for result, r in _entries(results, "restarts"):
         sk = f"{r['sklearn']:.2f}" + ("" if r["sklearn_measured"] else
                                       f" ({r['n']} × one nndsvda fit, not run)")
         rows.append(
@@ -804,10 +804,7 @@ def minibatch_table(results: list) -> list[str]:
         "| peak RSS MiniBatchNMF (MiB) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for result in results:
-        if "minibatch" not in result:
-            continue
-        m = result["minibatch"]
+    for result, m in _entries(results, "minibatch"):
         reach, ratio = _reach_cells(m)
         rows.append(f"| {result['size'].label} | {m['seconds']:.2f} | {m['objective']:.7g} "
                     f"| {reach} | {ratio} | {m['peak']:.0f} |")
@@ -820,10 +817,7 @@ def torchnmf_table(results: list) -> list[str]:
         "| bnmf MAP time to that KL (s) | ratio bnmf / torchnmf | peak RSS torchnmf (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in results:
-        if "torchnmf" not in result:
-            continue
-        t = result["torchnmf"]
+    for result, t in _entries(results, "torchnmf"):
         sk = result["map"]["poisson"]["sklearn"].objective
         reach, ratio = _reach_cells(t)
         rows.append(f"| {result['size'].label} | {t['seconds']:.2f} | {t['n_iter']} "
@@ -865,10 +859,8 @@ def svi_table(results: list) -> list[str]:
         "| ratio SVI / sklearn MU | peak RSS SVI (MiB) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for result in results:
-        if "svi" not in result:
-            continue
-        svi, mu = result["svi"], result["map"]["poisson"]["sklearn"]
+    for result, svi in _entries(results, "svi"):
+        mu = result["map"]["poisson"]["sklearn"]
         calls = ", ".join(f"{s:.2f}" for s in svi["seconds"])
         ratios = ", ".join(_ratio(s, mu.seconds) for s in svi["seconds"])
         rows.append(

@@ -212,8 +212,6 @@ INNER_SWEEPS = 2
 
 def _hals_sweeps(W, XHt, HHt, ridge, n_sweeps: int):
     """``n_sweeps`` HALS sweeps on one factor from the same products XHᵀ and HHᵀ."""
-    if n_sweeps == 1:
-        return _hals_columns(W, XHt, HHt, ridge)
     return lax.fori_loop(0, n_sweeps, lambda _, W: _hals_columns(W, XHt, HHt, ridge), W)
 
 
@@ -397,8 +395,8 @@ def fit_map(
         )
         values = {"W": W, "H": H}
         algorithm, space = "multiplicative-mm", "log" if log_space else "constrained"
-        extra_info = {"relaxation": RELAXATION if step_chunk.fell_back else float(
-            step_chunk.relaxation), "relaxation_fell_back": bool(step_chunk.fell_back)}
+        extra_info = {"relaxation": RELAXATION,
+                      "relaxation_fell_back": bool(step_chunk.fell_back)}
     elif isinstance(model, GaussianHalfNormal):
         hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
