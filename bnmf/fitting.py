@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
+from .inference.common import to_device
 from .inference.counts import SparseCounts, sparse_counts
 from .models import MODELS, PoissonGamma, get_model
 from .posterior import Fit, build_idata
@@ -63,7 +64,7 @@ def _problem_values(data: Data, model, method: str, dtype: str):
     ``cavi`` of the Poisson–gamma model) as SparseCounts, everything else as a dense array."""
     if data.sparse is not None and method in ("map", "cavi") and isinstance(model, PoissonGamma):
         return sparse_counts(data.sparse, dtype=dtype, hidden=data.hidden)
-    return jnp.asarray(data.values, dtype=dtype)
+    return to_device(data.values, dtype)
 
 
 def _accepts(method: str, options: dict) -> bool:
@@ -119,7 +120,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         values = _problem_values(data, resolved, method, dtype)
         problem = Problem(
             X=values,
-            mask=None if isinstance(values, SparseCounts) else jnp.asarray(data.mask),
+            mask=None if isinstance(values, SparseCounts) else to_device(data.mask, bool),
             rank=rank,
             model=resolved,
             W_fixed=None if W_fixed is None else jnp.asarray(W_fixed, dtype=dtype),

@@ -61,7 +61,7 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 import bnmf  # noqa: E402
 from bnmf.data import prepare  # noqa: E402
-from bnmf.inference.common import Problem  # noqa: E402
+from bnmf.inference.common import Problem, to_device, transposed  # noqa: E402
 from bnmf.inference.counts import DenseCounts, log_factorial_sum  # noqa: E402
 from bnmf.inference.map import (  # noqa: E402
     INNER_SWEEPS,
@@ -293,7 +293,7 @@ def _chunk_function(kind: str, problem: Problem):
         return (lambda W, H: (W, H)), step
     hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
 
-    XT = jnp.array(X.T)  # as fit_map does for fully observed X
+    XT = transposed(X)  # as fit_map does for fully observed X
 
     def step(state):
         W, H, sigma, _ = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=CHUNK, update_W=True,
@@ -312,7 +312,7 @@ def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: floa
     """
     data = prepare(X, counts=kind == "poisson")
     model = flat_model(kind).resolve(data, rank)
-    problem = Problem(X=jnp.asarray(data.values, jnp.float32), mask=jnp.asarray(data.mask),
+    problem = Problem(X=to_device(data.values, np.float32), mask=to_device(data.mask, bool),
                       rank=rank, model=model)
     start, seconds = measure(lambda: jax.block_until_ready(map_start(problem, "nndsvda", SEED)))[:2]
     make_state, step = _chunk_function(kind, problem)

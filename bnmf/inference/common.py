@@ -76,7 +76,15 @@ class RawPosterior(NamedTuple):
     info: dict | None = None
 
 
-def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator, power_iterations=4):
+# Each power iteration is two passes over A. Two are enough for an NMF start: measured from
+# NNDSVDa with 2 instead of 4, MAP needs the same updates to reach scikit-learn's objective
+# (110 at 2,000 × 10,000 Poisson, 36 at 5,000 × 5,000 Gaussian; objectives equal to 6
+# digits), and the start costs 0.16 s instead of 0.29 s; with 1 the KL trace starts to differ.
+POWER_ITERATIONS = 2
+
+
+def _randomized_svd(A: np.ndarray, rank: int, rng: np.random.Generator,
+                    power_iterations: int = POWER_ITERATIONS):
     """Leading ``rank`` singular triplets of A (Halko et al. 2011), cheap for large A."""
     n_oversample = min(10, min(A.shape) - rank)
     # in A's precision: a float64 omega would make every A @ omega copy a float32 A to float64
@@ -275,6 +283,46 @@ def shard_problem(problem: "Problem", W, H, devices):
     problem = dataclasses.replace(problem, X=X, mask=M,
                                   W_fixed=replicated[1] if fixed else None)
     return problem, replicated[0], H
+
+
+# XLA:CPU adopts a NumPy buffer without a copy when it is aligned to this many bytes.
+_DEVICE_ALIGNMENT = 64
+
+
+def _aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised C-ordered array whose buffer starts on a ``_DEVICE_ALIGNMENT`` boundary."""
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(n_bytes + _DEVICE_ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % _DEVICE_ALIGNMENT
+    return buffer[start:start + n_bytes].view(dtype).reshape(shape)
+
+
+def to_device(values: np.ndarray, dtype) -> jax.Array:
+    """``values`` as a JAX array of ``dtype``, converted on the host in one pass.
+
+    On CPU the converted buffer is adopted without a copy: 27 ms for a 5,000 × 5,000 float64
+    array to float32, against 150 ms for ``jnp.asarray(values, dtype)`` (which converts and
+    then copies into a buffer of its own)."""
+    out = _aligned_empty(np.shape(values), dtype)
+    np.copyto(out, values, casting="same_kind")
+    return jax.device_put(out)
+
+
+def transposed(X: jax.Array, tile: int = 512) -> jax.Array:
+    """Xᵀ (n_samples, n_features) in a row-major buffer of its own.
+
+    On one CPU device, a tiled NumPy transpose into an aligned buffer (45 ms at 5,000 × 5,000)
+    beats XLA's transpose (105–125 ms); elsewhere (GPU, sharded X) XLA transposes in place."""
+    devices = X.devices()
+    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+        return jnp.array(X.T)
+    host = np.asarray(X)  # no copy on CPU
+    out = _aligned_empty(host.shape[::-1], host.dtype)
+    for i in range(0, host.shape[0], tile):  # tiles that fit in cache on both sides
+        for j in range(0, host.shape[1], tile):
+            out[j:j + tile, i:i + tile] = host[i:i + tile, j:j + tile].T
+    return jax.device_put(out)
 
 
 def floor_positive(A, relative: float = 1e-6):

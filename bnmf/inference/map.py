@@ -41,6 +41,7 @@ from .common import (
     shard_problem,
     sparse_starting_point,
     starting_point,
+    transposed,
 )
 from .counts import (
     DenseCounts,
@@ -403,7 +404,7 @@ def fit_map(
         chunk = 10
 
         # One transposed copy of X (same size as X) makes every Xᵀ W a row-major product.
-        XT = jnp.array(X.T) if full else None
+        XT = transposed(X) if full else None
 
         def step_chunk(state):
             W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=chunk,

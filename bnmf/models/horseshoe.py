@@ -11,7 +11,7 @@ import numpyro.distributions as dist
 
 from ..data import Data
 from .base import balanced_mean, observe, observed_std, sample_H, sample_W
-from .gaussian import gaussian_log_likelihood, half_normal_scale_for_mean
+from .gaussian import gaussian_log_likelihood, half_normal_scale_for_mean, rms_residual
 from .poisson import poisson_log_likelihood, poisson_rate
 
 
@@ -167,7 +167,5 @@ class Horseshoe:
             values[f"c2_{suffix}"] = jnp.full(factor.shape[1], self.slab_scale**2)
             values[f"lambda_{suffix}"] = jnp.ones_like(factor)
         if self.likelihood == "gaussian":
-            residual = jnp.where(mask, X - W @ H, 0.0)
-            rms = jnp.sqrt(jnp.sum(residual**2) / jnp.sum(mask))
-            values["sigma"] = jnp.maximum(rms, 1e-3 * self.scale_sigma)
+            values["sigma"] = jnp.maximum(rms_residual(W, H, X, mask), 1e-3 * self.scale_sigma)
         return values
