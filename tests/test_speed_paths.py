@@ -427,3 +427,39 @@ def test_a_second_fit_of_the_same_shapes_compiles_nothing(caplog, model, method,
         jax.config.update("jax_log_compiles", False)
     compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
     assert compiled == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, bool])
+def test_to_device_converts_exactly(dtype):
+    from bnmf.inference.common import to_device
+
+    values = RNG.gamma(1.0, 3.0, (7, 13))
+    with jax.enable_x64(dtype is np.float64):
+        array = to_device(values if dtype is not bool else values > 3.0, dtype)
+    expected = values.astype(dtype) if dtype is not bool else values > 3.0
+    assert array.dtype == np.dtype(dtype) and array.shape == (7, 13)
+    np.testing.assert_array_equal(np.asarray(array), expected)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (1030, 517)])  # inside one tile; across tile edges
+def test_tiled_transpose_equals_the_transpose(shape):
+    from bnmf.inference.common import transposed
+
+    X = jnp.asarray(RNG.uniform(size=shape), jnp.float32)
+    XT = transposed(X)
+    assert XT.shape == shape[::-1]
+    np.testing.assert_array_equal(np.asarray(XT), np.asarray(X).T)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_noise_scale_start_equals_the_masked_residual(masked):
+    from bnmf.models.gaussian import rms_residual
+
+    X = RNG.uniform(0.0, 5.0, (40, 30))
+    W, H = RNG.uniform(size=(40, 4)), RNG.uniform(size=(4, 30))
+    mask = RNG.uniform(size=X.shape) > 0.3 if masked else np.ones(X.shape, bool)
+    expected = np.sqrt(np.sum(np.where(mask, X - W @ H, 0.0) ** 2) / mask.sum())
+    with jax.enable_x64(True):  # the full-mask identity must agree to float64 rounding
+        got = float(rms_residual(jnp.asarray(W), jnp.asarray(H), jnp.asarray(X),
+                                 jnp.asarray(mask)))
+    assert got == pytest.approx(expected, rel=1e-10)
