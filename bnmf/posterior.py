@@ -373,7 +373,7 @@ class Fit:
         flat = {name: posterior[name].values.reshape((-1,) + posterior[name].shape[2:])
                 for name in posterior.data_vars}
         n_draws = flat["W"].shape[0]
-        X = jnp.asarray(data.values, dtype=flat["W"].dtype)
+        X = jnp.asarray(data.values, dtype=jax.dtypes.canonicalize_dtype(flat["W"].dtype))
         per_draw = jax.jit(jax.vmap(
             lambda site: model.log_likelihood(X, site["W"], site["H"], site)))
         chunk = max(1, max_chunk_entries // X.size)

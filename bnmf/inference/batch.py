@@ -40,6 +40,7 @@ from .common import (
     log_joint_unconstrained,
     starting_point,
     to_bnmf_layout,
+    to_device,
 )
 from .map import RelaxedChunks, _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
 from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample, averaged_chunk
@@ -89,7 +90,7 @@ def batch_starts(X: np.ndarray, masks: np.ndarray, rank: int, inits, seeds, dtyp
     """
     Ws, Hs = zip(*(starting_point(X, m, rank, init, int(s))
                    for m, init, s in zip(masks, inits, seeds)))
-    return jnp.asarray(np.stack(Ws), dtype), jnp.asarray(np.stack(Hs), dtype)
+    return to_device(np.stack(Ws), dtype), to_device(np.stack(Hs), dtype)
 
 
 def _converged(chunk_means: list, chunk_losses: np.ndarray, tol: float, noisy: bool) -> np.ndarray:
@@ -165,7 +166,7 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
     chunk = 10
     if isinstance(model, PoissonGamma):
         log_space = model.a < 1.0
-        hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+        hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
         one = partial(_poisson_mm_chunk, n_steps=chunk, update_W=True, full=False,
                       log_space=log_space)
         batched = jax.jit(jax.vmap(lambda W, H, M, lf, relaxation: one(
@@ -179,7 +180,7 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
 
         state = (W0, H0)
     else:
-        hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
+        hyper = to_device([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
         one = partial(_gaussian_mm_chunk, n_steps=chunk, update_W=True, full=False)
         batched = jax.jit(jax.vmap(lambda W, H, s, M: one(W, H, s, X, M, hyper)))
         sigma0 = jax.vmap(lambda W, H, M: model.init_extras(W, H, X, M)["sigma"])(W0, H0, masks)

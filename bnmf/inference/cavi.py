@@ -46,7 +46,7 @@ from jax import lax
 from jax.scipy.special import digamma, gammaln
 
 from ..models import PoissonGamma
-from .common import Problem, RawPosterior, run_chunks, shard_problem
+from .common import Problem, RawPosterior, run_chunks, shard_problem, to_device
 from .counts import (
     log_factorial_sum,
     mask_left,
@@ -165,10 +165,10 @@ def cavi_factors(
     factors = initial_factors(None if problem.W_fixed is not None else W0, H0, model.a)
     if problem.W_fixed is not None:
         factors = factors._replace(rate_W=jnp.asarray(problem.W_fixed, X.dtype))
-    hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+    hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
     counts = poisson_counts(problem)
     # log X! is constant: summed once here (in float64), not on every bound evaluation.
-    log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
+    log_factorials = to_device(log_factorial_sum(counts), X.dtype)
     chunk = 10
 
     def step_chunk(state):

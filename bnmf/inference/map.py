@@ -41,6 +41,7 @@ from .common import (
     shard_problem,
     sparse_starting_point,
     starting_point,
+    to_device,
     transposed,
 )
 from .counts import (
@@ -158,13 +159,13 @@ class RelaxedChunks:
     def __call__(self, state):
         W, H = state
         plain = np.ones_like(self.relaxation)
-        W_new, H_new, loss = self.chunk(W, H, relaxation=jnp.asarray(self.relaxation, W.dtype))
+        W_new, H_new, loss = self.chunk(W, H, relaxation=float(self.relaxation))
         last = np.asarray(loss)[..., -1]
         rose = (self.relaxation != 1.0) & ~np.isfinite(last)
         if self.previous_loss is not None:
             rose |= (self.relaxation != 1.0) & (last > self.previous_loss)
         if rose.any():
-            W_plain, H_plain, loss_plain = self.chunk(W, H, relaxation=jnp.asarray(plain, W.dtype))
+            W_plain, H_plain, loss_plain = self.chunk(W, H, relaxation=float(plain))
             pick = lambda relaxed, redone: jnp.where(  # noqa: E731
                 rose.reshape(rose.shape + (1,) * (relaxed.ndim - rose.ndim)), redone, relaxed)
             W_new, H_new, loss = pick(W_new, W_plain), pick(H_new, H_plain), pick(loss, loss_plain)
@@ -313,7 +314,7 @@ def map_start(problem: Problem, init: str, seed: int):
         W = np.asarray(problem.W_fixed, dtype=np.float64)
         H = np.full_like(H, observed_mean / max(W.sum(axis=0).mean(), 1e-300))
     dtype = problem.X.dtype
-    return jnp.asarray(W, dtype), jnp.asarray(H, dtype)
+    return to_device(W, dtype), to_device(H, dtype)
 
 
 def poisson_counts(problem: Problem):
@@ -382,9 +383,9 @@ def fit_map(
         )
     if isinstance(model, PoissonGamma):
         log_space = model.a < 1.0
-        hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
+        hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
         counts = poisson_counts(problem)
-        log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
+        log_factorials = to_device(log_factorial_sum(counts), X.dtype)
         chunk = 10
 
         step_chunk = RelaxedChunks(partial(
@@ -399,7 +400,7 @@ def fit_map(
         extra_info = {"relaxation": RELAXATION,
                       "relaxation_fell_back": bool(step_chunk.fell_back)}
     elif isinstance(model, GaussianHalfNormal):
-        hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
+        hyper = to_device([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
         chunk = 10
 

@@ -28,7 +28,7 @@ from jax import lax
 from scipy.special import gammaln as scipy_gammaln
 
 from .cavi import GammaFactors, _mean_and_geometric, gamma_kl, initial_factors
-from .common import Problem, check_devices, shard_over_samples
+from .common import Problem, check_devices, shard_over_samples, to_device
 from .counts import (
     DenseCounts,
     mask_left,
@@ -158,7 +158,7 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
     model = problem.model
     n_samples = H0.shape[1]
     dtype = problem.X.dtype
-    hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], dtype)
+    hyper = to_device([model.a, model.rate_W, model.rate_H], dtype)
     factors = initial_factors(W0, H0, model.a)
     # q(W) is global: one copy on every device.
     _, (shape_W, rate_W) = shard_over_samples(devices, replicated=(factors.shape_W,
