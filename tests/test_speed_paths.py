@@ -463,3 +463,44 @@ def test_noise_scale_start_equals_the_masked_residual(masked):
         got = float(rms_residual(jnp.asarray(W), jnp.asarray(H), jnp.asarray(X),
                                  jnp.asarray(mask)))
     assert got == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("model, method", [("poisson", "map"), ("gaussian", "map"),
+                                           ("poisson", "cavi")])
+def test_max_iter_runs_exactly_that_many_closed_form_updates(model, method):
+    # 25 is not a multiple of the 10-update chunk: the last chunk runs 5 updates, so the final
+    # loss lies strictly between those after 20 and after 30 updates (the trace falls).
+    X = np.random.default_rng(3).poisson(5.0, size=(30, 40)).astype(float)
+    final = {}
+    for max_iter in (20, 25, 30):
+        result = bnmf.fit(X, 3, model=model, method=method, max_iter=max_iter, tol=0.0,
+                          progress=False, **({"num_draws": 10} if method == "cavi" else {}))
+        assert result.info["iterations"] == max_iter
+        final[max_iter] = float(np.asarray(result.losses)[-1])
+    assert final[20] > final[25] > final[30]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_log_factorial_sum_equals_the_sum_of_log_factorials(masked, fractional):
+    from scipy.special import gammaln
+
+    from bnmf.inference.counts import _count_frequencies
+
+    X = RNG.poisson(4.0, size=(23, 31)).astype(np.float32)
+    if fractional:
+        X[3, 5] += 0.5
+    weight = (RNG.uniform(size=X.shape) > 0.2).astype(np.float32) if masked else None
+    X = X if weight is None else X * weight  # 0 where unobserved, as in a Problem
+    expected = np.sum(gammaln(X.astype(np.float64) + 1.0) * (1.0 if weight is None else weight))
+    got = log_factorial_sum(DenseCounts(jnp.asarray(X), None if weight is None
+                                        else jnp.asarray(weight)))
+    assert got == pytest.approx(expected, rel=1e-6)
+    # the histogram a few entries at a time (many blocks, a short last one) equals one piece
+    blocked = _count_frequencies(X, weight, block=7)
+    if fractional:
+        assert blocked is None
+    else:
+        whole = np.bincount(X.astype(np.int64).ravel(), weights=None if weight is None
+                            else weight.ravel())
+        np.testing.assert_allclose(blocked, whole)

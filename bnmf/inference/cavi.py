@@ -117,10 +117,10 @@ def _sweep(factors: GammaFactors, counts, hyper) -> GammaFactors:
                             rate_H=b_H + mask_left(counts, EW))
 
 
-@partial(jax.jit, static_argnames=("n_steps",))
+@jax.jit
 def _cavi_chunk(factors, counts, hyper, log_factorials, *, n_steps):
-    factors, _ = lax.scan(lambda f, _: (_sweep(f, counts, hyper), None), factors, None,
-                          length=n_steps)
+    """``n_steps`` (traced) sweeps, then the negative bound."""
+    factors = lax.fori_loop(0, n_steps, lambda _, f: _sweep(f, counts, hyper), factors)
     return factors, -cavi_elbo(factors, counts, hyper, log_factorials)[None]
 
 
@@ -171,10 +171,11 @@ def cavi_factors(
     log_factorials = to_device(log_factorial_sum(counts), X.dtype)
     chunk = 10
 
-    def step_chunk(state):
-        return _cavi_chunk(state, counts, hyper, log_factorials, n_steps=chunk)
+    def step_chunk(state, steps):
+        return _cavi_chunk(state, counts, hyper, log_factorials, n_steps=steps)
 
-    return run_chunks(step_chunk, factors, max_iter, chunk, tol, progress, "CAVI")
+    return run_chunks(step_chunk, factors, max_iter, chunk, tol, progress, "CAVI",
+                      exact_steps=True)
 
 
 def draw_factors(factors: GammaFactors, seed: int, num_draws: int):
@@ -226,8 +227,8 @@ def fit_cavi(
     init : {"nndsvda", "random"}
         Starting means of q(W), q(H) (the MAP's starting point).
     max_iter : int
-        Maximum number of sweeps (each updates q(W) then q(H)), rounded up to a whole chunk
-        of 10 (the compiled unit; ``info["iterations"]`` says how many ran).
+        Maximum number of sweeps (each updates q(W) then q(H)); the bound is checked every
+        10 (``info["iterations"]`` says how many ran).
     tol : float
         Stop when the bound changes by less than ``tol`` relative over 10 sweeps.
     num_draws : int

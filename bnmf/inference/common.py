@@ -340,24 +340,31 @@ def run_chunks(
     description: str,
     noisy: bool = False,
     min_iter: int = 0,
+    exact_steps: bool = False,
 ):
     """Run ``step_chunk(state) -> (state, losses)`` until convergence or ``max_iter`` steps.
 
     Converged when the chunk-mean loss changes by less than ``tol`` × |loss| (and, for noisy
     losses, by less than two standard errors of the chunk mean). Returns (state, losses,
     iterations, converged). Convergence is not declared before ``min_iter`` steps.
+
+    With ``exact_steps``, ``step_chunk(state, steps)`` takes the number of steps to run
+    (``chunk``, or fewer in the last chunk) and exactly ``max_iter`` steps run at most;
+    otherwise ``max_iter`` is rounded up to a whole chunk.
     """
     traces, previous, converged, done = [], None, False, 0
-    n_chunks = max(1, -(-max_iter // chunk))
+    max_iter = max(1, max_iter)
+    total = max_iter if exact_steps else -(-max_iter // chunk) * chunk
     disable = not _stderr_is_terminal() if progress is None else not progress
-    bar = tqdm(total=n_chunks * chunk, desc=description, disable=disable, leave=False)
-    for _ in range(n_chunks):
-        state, losses = step_chunk(state)
+    bar = tqdm(total=total, desc=description, disable=disable, leave=False)
+    while done < total:
+        steps = min(chunk, total - done)
+        state, losses = step_chunk(state, steps) if exact_steps else step_chunk(state)
         losses = np.asarray(losses)
         traces.append(losses)
-        done += chunk
+        done += steps
         if not disable:
-            bar.update(chunk)
+            bar.update(steps)
             bar.set_postfix(loss=f"{losses[-1]:.6g}")
         if not np.all(np.isfinite(losses)):
             break

@@ -104,28 +104,29 @@ def relaxed_update(A, A_mm, relaxation):
     return jnp.where(ordinary, A * power, A_mm)
 
 
-@partial(jax.jit, static_argnames=("n_steps", "update_W", "log_space"))
+@partial(jax.jit, static_argnames=("update_W", "log_space"))
 def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation=1.0, *, n_steps,
                              update_W, log_space):
     """``n_steps`` multiplicative MM updates (over-relaxed by ``relaxation``; 1 = plain MM) on
-    dense or sparse counts, then the loss."""
+    dense or sparse counts, then the loss. ``n_steps`` is traced: a shorter last chunk runs
+    the same compiled program."""
     a, rate_W, rate_H = hyper
     power = a if log_space else a - 1.0
 
-    def step(carry, _):
+    def step(_, carry):
         W, H = carry
         if update_W:
             W_mm = (W * ratio_right(counts, W, H) + power) / (mask_right(counts, H) + rate_W)
             W = relaxed_update(W, W_mm, relaxation)
         H_mm = (H * ratio_left(counts, W, H) + power) / (mask_left(counts, W) + rate_H)
-        return (W, relaxed_update(H, H_mm, relaxation)), None
+        return W, relaxed_update(H, H_mm, relaxation)
 
-    (W, H), _ = lax.scan(step, (W, H), None, length=n_steps)
+    W, H = lax.fori_loop(0, n_steps, step, (W, H))
     loss = poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space)
     return W, H, loss[None]
 
 
-@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "log_space"))
+@partial(jax.jit, static_argnames=("update_W", "full", "log_space"))
 def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space,
                       log_factorials=None, relaxation=1.0):
     """Dense entry point (kept for callers that vmap over masks, e.g. restarts).
@@ -156,16 +157,19 @@ class RelaxedChunks:
         self.fell_back = np.zeros(self.relaxation.shape, bool)
         self.previous_loss = None
 
-    def __call__(self, state):
+    def __call__(self, state, steps: int | None = None):
+        """One chunk from ``state = (W, H)``: ``steps`` updates, or the chunk's own number."""
         W, H = state
         plain = np.ones_like(self.relaxation)
-        W_new, H_new, loss = self.chunk(W, H, relaxation=float(self.relaxation))
+        run = self.chunk if steps is None else partial(self.chunk, n_steps=steps)
+        # a host-side cast: jnp.asarray(…, dtype) would compile an eager conversion
+        W_new, H_new, loss = run(W, H, relaxation=np.asarray(self.relaxation, W.dtype))
         last = np.asarray(loss)[..., -1]
         rose = (self.relaxation != 1.0) & ~np.isfinite(last)
         if self.previous_loss is not None:
             rose |= (self.relaxation != 1.0) & (last > self.previous_loss)
         if rose.any():
-            W_plain, H_plain, loss_plain = self.chunk(W, H, relaxation=float(plain))
+            W_plain, H_plain, loss_plain = run(W, H, relaxation=np.asarray(plain, W.dtype))
             pick = lambda relaxed, redone: jnp.where(  # noqa: E731
                 rose.reshape(rose.shape + (1,) * (relaxed.ndim - rose.ndim)), redone, relaxed)
             W_new, H_new, loss = pick(W_new, W_plain), pick(H_new, H_plain), pick(loss, loss_plain)
@@ -222,11 +226,11 @@ def _noise_mode(rss, n_observed, scale_sigma):
     return jnp.sqrt(2.0 * rss / (n_observed + jnp.sqrt(n_observed**2 + 4.0 * rss / scale_sigma**2)))
 
 
-@partial(jax.jit, static_argnames=("n_steps", "update_W", "full", "inner_sweeps"))
+@partial(jax.jit, static_argnames=("update_W", "full", "inner_sweeps"))
 def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None,
                        inner_sweeps=1):
-    """``n_steps`` HALS sweeps (``full``: every entry observed) or masked multiplicative
-    updates, each followed by the noise scale's mode; then the loss. ``XT`` is X transposed in
+    """``n_steps`` (traced) HALS sweeps (``full``: every entry observed) or masked
+    multiplicative updates, each followed by the noise scale's mode; then the loss. ``XT`` is X transposed in
     memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
     scale_W, scale_H, scale_sigma = hyper
     tiny = jnp.finfo(X.dtype).tiny
@@ -237,7 +241,7 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
         Mf = M.astype(X.dtype)
         n_observed = Mf.sum()
 
-    def step(carry, _):
+    def step(_, carry):
         W, H, sigma = carry
         var = sigma**2
         if full:  # exact block coordinate descent
@@ -255,9 +259,9 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
             H = H * (W.T @ (Mf * X)) / (W.T @ (Mf * (W @ H)) + var / scale_H**2 * H + tiny)
             rss = jnp.sum(Mf * (X - W @ H) ** 2)
         sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
-        return (W, H, sigma), None
+        return W, H, sigma
 
-    (W, H, sigma), _ = lax.scan(step, (W, H, sigma), None, length=n_steps)
+    W, H, sigma = lax.fori_loop(0, n_steps, step, (W, H, sigma))
     loss = gaussian_neg_log_joint(W, H, sigma, X, None if full else M, hyper)
     return W, H, sigma, loss[None]
 
@@ -354,9 +358,9 @@ def fit_map(
     init : {"nndsvda", "random"}
         Starting point (ignored when ``W_start``/``H_start`` are given).
     max_iter : int
-        Maximum number of updates, rounded up to a whole chunk (the compiled unit: 10
-        closed-form updates, or 50 Adam steps for models without them; ``info["iterations"]``
-        says how many ran).
+        Maximum number of updates: exactly that many closed-form updates (the loss is
+        checked every 10), or Adam steps rounded up to a whole chunk of 50 for models without
+        closed-form updates; ``info["iterations"]`` says how many ran.
     tol : float
         Stop when the negative log joint changes by less than ``tol`` relative over a chunk.
     learning_rate : float
@@ -393,7 +397,8 @@ def fit_map(
             n_steps=chunk, update_W=update_W, log_space=log_space))
 
         (W, H), losses, iterations, converged = run_chunks(
-            step_chunk, (W_start, H_start), max_iter, chunk, tol, progress, "MAP"
+            step_chunk, (W_start, H_start), max_iter, chunk, tol, progress, "MAP",
+            exact_steps=True,
         )
         values = {"W": W, "H": H}
         algorithm, space = "multiplicative-mm", "log" if log_space else "constrained"
@@ -407,14 +412,15 @@ def fit_map(
         # One transposed copy of X (same size as X) makes every Xᵀ W a row-major product.
         XT = transposed(X) if full else None
 
-        def step_chunk(state):
-            W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=chunk,
+        def step_chunk(state, steps):
+            W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=steps,
                                                    update_W=update_W, full=full, XT=XT,
                                                    inner_sweeps=INNER_SWEEPS)
             return (W, H, sigma), loss
 
         (W, H, sigma), losses, iterations, converged = run_chunks(
-            step_chunk, (W_start, H_start, sigma), max_iter, chunk, tol, progress, "MAP"
+            step_chunk, (W_start, H_start, sigma), max_iter, chunk, tol, progress, "MAP",
+            exact_steps=True,
         )
         values = {"W": W, "H": H, "sigma": sigma}
         algorithm, space = ("hals" if full else "masked-multiplicative-mm"), "constrained"
