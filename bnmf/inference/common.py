@@ -1,8 +1,9 @@
 """Shared inference pieces: the problem description, raw results, starting points, the loop.
 
 Everything here is a pure function of arrays and static configuration. Loops run as compiled
-chunks of ``lax.scan``; between chunks Python checks convergence and advances a progress bar,
-which costs one dispatch per chunk.
+chunks (``lax.scan``, or ``lax.fori_loop`` with a traced step count where the last chunk may be
+shorter); between chunks Python checks convergence and advances a progress bar, which costs
+one dispatch per chunk.
 """
 
 from __future__ import annotations

@@ -230,8 +230,9 @@ def _noise_mode(rss, n_observed, scale_sigma):
 def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None,
                        inner_sweeps=1):
     """``n_steps`` (traced) HALS sweeps (``full``: every entry observed) or masked
-    multiplicative updates, each followed by the noise scale's mode; then the loss. ``XT`` is X transposed in
-    memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
+    multiplicative updates, each followed by the noise scale's mode; then the loss. ``XT`` is
+    X transposed in memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X
+    on CPU."""
     scale_W, scale_H, scale_sigma = hyper
     tiny = jnp.finfo(X.dtype).tiny
     if full:
