@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from jax.scipy.special import gammaln, xlogy
 
 from ..models import GaussianHalfNormal, PoissonGamma
-from ..models.gaussian import gaussian_log_likelihood
+from ..models.gaussian import gaussian_log_likelihood, residual_sq_norm
 from ..models.poisson import poisson_log_likelihood
 from .common import (
     Problem,
@@ -250,10 +250,8 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
                 W = _hals_sweeps(W, X @ H.T, H @ H.T, var / scale_W**2, inner_sweeps)
             XtW, WtW = (X.T if XT is None else XT) @ W, W.T @ W
             H = _hals_sweeps(H.T, XtW, WtW, var / scale_H**2, inner_sweeps).T
-            # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over
-            # X: ‖X‖² − 2⟨H, WᵀX⟩ + ⟨WᵀW, HHᵀ⟩ (floored at 0 against rounding).
-            rss = jnp.maximum(sq_norm - 2.0 * jnp.sum(H * XtW.T) + jnp.sum(WtW * (H @ H.T)),
-                              0.0)
+            # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over X
+            rss = residual_sq_norm(sq_norm, jnp.sum(H * XtW.T), WtW, H @ H.T)
         else:  # multiplicative updates of the masked, ridge-penalised objective
             if update_W:
                 W = W * ((Mf * X) @ H.T) / ((Mf * (W @ H)) @ H.T + var / scale_W**2 * W + tiny)
