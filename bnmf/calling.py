@@ -42,6 +42,7 @@ from numpyro.infer.initialization import init_to_value
 from scipy.optimize import linear_sum_assignment, nnls
 
 from .data import Data, prepare
+from .inference.common import numerics
 from .posterior import Fit, cosine_matrix
 
 __all__ = [
@@ -356,7 +357,7 @@ def refit(X, signatures, model: str = "poisson", method: str | None = None, seed
     reference = _as_reference(signatures, data)
     has_labels = data.has_labels or isinstance(signatures, pd.DataFrame)
     start = time.perf_counter()
-    with jax.enable_x64(dtype == "float64"):
+    with numerics(dtype):
         X_j = jnp.asarray(data.values, dtype=dtype)
         mask_j = jnp.asarray(data.mask)
         W_j = jnp.asarray(reference.to_numpy(), dtype=dtype)

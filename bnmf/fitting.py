@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
-from .inference.common import to_device
+from .inference.common import numerics, to_device
 from .inference.counts import SparseCounts, sparse_counts
 from .models import MODELS, PoissonGamma, get_model
 from .posterior import Fit, build_idata
@@ -116,7 +115,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     _check_inference_options(method, options)
     resolved = model.resolve(data, rank)
-    with jax.enable_x64(dtype == "float64"):
+    with numerics(dtype):
         values = _problem_values(data, resolved, method, dtype)
         problem = Problem(
             X=values,

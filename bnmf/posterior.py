@@ -24,6 +24,7 @@ from scipy.special import logsumexp
 
 from .data import Data, prepare
 from .inference import RawPosterior
+from .inference.common import numerics
 from .models import MODELS
 
 __all__ = ["Fit", "load", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
@@ -378,10 +379,12 @@ class Fit:
             lambda site: model.log_likelihood(X, site["W"], site["H"], site)))
         chunk = max(1, max_chunk_entries // X.size)
         total = np.full(data.shape, -np.inf)
-        for start in range(0, n_draws, chunk):
-            sites = {name: jnp.asarray(value[start:start + chunk]) for name, value in flat.items()}
-            ll = np.asarray(per_draw(sites), dtype=np.float64)
-            total = np.logaddexp(total, logsumexp(ll, axis=0))
+        with numerics():  # W H in full precision on every backend, as in the fit
+            for start in range(0, n_draws, chunk):
+                sites = {name: jnp.asarray(value[start:start + chunk])
+                         for name, value in flat.items()}
+                ll = np.asarray(per_draw(sites), dtype=np.float64)
+                total = np.logaddexp(total, logsumexp(ll, axis=0))
         lpd = total - np.log(n_draws)
         return np.where(data.mask, lpd, np.nan)
 

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -51,7 +50,7 @@ from .inference.batch import (
     keys_for,
     member_raw,
 )
-from .inference.common import _stderr_is_terminal
+from .inference.common import _stderr_is_terminal, numerics
 from .models import get_model
 from .posterior import Fit, align_permutation, build_idata, cosine_matrix, load, normalize
 
@@ -391,7 +390,7 @@ def fit_rank(data: Data, rank: int, model_obj, method: str, heldout: np.ndarray,
     masks = train[group]
     inits = ["nndsvda" if r == 0 else "random" for r in restart]
     member_seeds = [seed * 100_003 + rank * 1_009 + 31 * g + r for g, r in zip(group, restart)]
-    with jax.enable_x64(dtype == "float64"):
+    with numerics(dtype):
         X = jnp.asarray(data.values, dtype=dtype)
         W0, H0 = batch_starts(data.values, masks, rank, inits, member_seeds, dtype)
         if method == "svi":

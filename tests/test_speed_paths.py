@@ -1,6 +1,6 @@
 """Fast paths give the generic paths' answers: sparse counts in O(nnz), the HALS noise update."""
 
-from functools import partial
+from functools import partial, wraps
 
 import jax
 import jax.numpy as jnp
@@ -168,7 +168,9 @@ def test_fits_sharded_over_four_host_devices_equal_one_device():
     tests = Path(__file__).resolve().parent
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+           # the repository first, then whatever the environment already puts on the path
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests),
+                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
     result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=tests.parent,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -504,3 +506,69 @@ def test_log_factorial_sum_equals_the_sum_of_log_factorials(masked, fractional):
         whole = np.bincount(X.astype(np.int64).ravel(), weights=None if weight is None
                             else weight.ravel())
         np.testing.assert_allclose(blocked, whole)
+
+
+@pytest.mark.parametrize("kind", ["poisson", "gaussian"])
+def test_a_second_batch_of_restarts_of_the_same_shapes_compiles_nothing(caplog, kind):
+    """fit_map_batch (rank selection's restarts) reuses its compiled chunk across calls."""
+    from bnmf.data import prepare
+    from bnmf.inference.batch import batch_starts, fit_map_batch
+    from bnmf.inference.common import to_device
+
+    rng = np.random.default_rng(4)
+    model = PoissonGamma() if kind == "poisson" else GaussianHalfNormal()
+
+    def run(seed):
+        X = rng.poisson(5.0, (23, 31)).astype(float)
+        data = prepare(X, counts=kind == "poisson")
+        masks = rng.uniform(size=(3, 23, 31)) > 0.2
+        W0, H0 = batch_starts(data.values, masks, 3, ["random"] * 3, [seed] * 3, np.float32)
+        fit = fit_map_batch(to_device(data.values, np.float32), to_device(masks, bool), 3,
+                            model.resolve(data, 3), W0, H0, max_iter=20, tol=0.0)
+        return np.asarray(fit.values["W"])
+
+    run(0)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            W = run(1)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiled == []
+    assert np.all(np.isfinite(W)) and W.shape == (3, 23, 3)
+
+
+def _precision_recorder(calls: list, function):
+    """``function`` wrapped to record JAX's matmul precision setting at each call (trace)."""
+    @wraps(function)  # keeps the signature, which bnmf.fit reads to check options
+    def wrapped(*args, **kwargs):
+        calls.append(jax.config.jax_default_matmul_precision)
+        return function(*args, **kwargs)
+    return wrapped
+
+
+def test_entry_points_compute_matrix_products_in_full_precision(monkeypatch):
+    """On a GPU JAX rounds float32 matmul operands to TF32 by default (the monotone MM trace
+    then rises); bnmf's entry points set full precision, whatever the caller's setting."""
+    import bnmf.fitting
+    import bnmf.selection
+
+    X, _, _ = simulate(n_features=12, n_samples=15, rank=2, seed=3)
+    callers_setting = jax.config.jax_default_matmul_precision
+    calls = []
+    monkeypatch.setitem(bnmf.fitting.METHODS, "map",
+                        _precision_recorder(calls, bnmf.fitting.METHODS["map"]))
+    monkeypatch.setattr(bnmf.selection, "fit_map_batch",
+                        _precision_recorder(calls, bnmf.selection.fit_map_batch))
+    with jax.default_matmul_precision("tensorfloat32"):
+        fit = bnmf.fit(X, 2, model="poisson", method="map", max_iter=20, progress=False)
+        bnmf.select_rank(X, ranks=[2], model="poisson", method="map", folds=2, restarts=1,
+                         max_iter=20, progress=False)
+        model_class = type(fit.model)
+        monkeypatch.setattr(model_class, "log_likelihood",
+                            _precision_recorder(calls, model_class.log_likelihood))
+        fit.log_likelihood()
+    assert len(calls) == 3 and set(calls) == {"highest"}
+    assert jax.config.jax_default_matmul_precision == callers_setting  # restored afterwards

@@ -142,6 +142,36 @@ def _mm_model(model):
     return _likelihood_model(model)
 
 
+# The batched programs live at module level (not as closures built per call), so that a second
+# batch of the same shapes reuses the compiled program instead of compiling it again.
+@partial(jax.jit, static_argnames=("n_steps", "log_space"))
+def _poisson_batch_chunk(W, H, X, masks, hyper, log_factorials, relaxation, *, n_steps,
+                         log_space):
+    """``n_steps`` MM updates of every member: W (B, F, K), H (B, K, N), masks (B, F, N),
+    log_factorials and relaxation (B,) → (W, H, loss (B, 1))."""
+    def one(W, H, M, lf, omega):
+        return _poisson_mm_chunk(W, H, X, M, hyper, n_steps=n_steps, update_W=True, full=False,
+                                 log_space=log_space, log_factorials=lf, relaxation=omega)
+
+    return jax.vmap(one)(W, H, masks, log_factorials, relaxation)
+
+
+@jax.jit
+def _masked_log_factorials(X, masks):
+    """Σ M log X! per member (B,): a constant of each fit, not of each chunk."""
+    return jax.vmap(lambda M: jnp.sum(jnp.where(M, gammaln(X + 1.0), 0.0)))(masks)
+
+
+@partial(jax.jit, static_argnames=("n_steps",))
+def _gaussian_batch_chunk(W, H, sigma, X, masks, hyper, *, n_steps):
+    """``n_steps`` masked MM updates of every member → (W, H, sigma, loss (B, 1))."""
+    def one(W, H, s, M):
+        return _gaussian_mm_chunk(W, H, s, X, M, hyper, n_steps=n_steps, update_W=True,
+                                  full=False)
+
+    return jax.vmap(one)(W, H, sigma, masks)
+
+
 def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
                   tol: float = 1e-6) -> BatchFit:
     """MAP fits of a batch of masks and starts with closed-form MM updates, all at once.
@@ -167,26 +197,21 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
     if isinstance(model, PoissonGamma):
         log_space = model.a < 1.0
         hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
-        one = partial(_poisson_mm_chunk, n_steps=chunk, update_W=True, full=False,
-                      log_space=log_space)
-        batched = jax.jit(jax.vmap(lambda W, H, M, lf, relaxation: one(
-            W, H, X, M, hyper, log_factorials=lf, relaxation=relaxation)))
-        # Σ M log X! per member, once: a constant of each fit, not of each chunk
-        log_factorials = jax.vmap(lambda M: jnp.sum(jnp.where(M, gammaln(X + 1.0), 0.0)))(masks)
+        log_factorials = _masked_log_factorials(X, masks)
         # over-relaxed like fit_map, each member checked and falling back on its own
-        step_chunk = RelaxedChunks(lambda W, H, relaxation: batched(W, H, masks, log_factorials,
-                                                                    relaxation),
-                                   batch=masks.shape[0])
+        step_chunk = RelaxedChunks(
+            lambda W, H, relaxation: _poisson_batch_chunk(
+                W, H, X, masks, hyper, log_factorials, relaxation, n_steps=chunk,
+                log_space=log_space),
+            batch=masks.shape[0])
 
         state = (W0, H0)
     else:
         hyper = to_device([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
-        one = partial(_gaussian_mm_chunk, n_steps=chunk, update_W=True, full=False)
-        batched = jax.jit(jax.vmap(lambda W, H, s, M: one(W, H, s, X, M, hyper)))
         sigma0 = jax.vmap(lambda W, H, M: model.init_extras(W, H, X, M)["sigma"])(W0, H0, masks)
 
         def step_chunk(state):
-            W, H, sigma, loss = batched(*state, masks)
+            W, H, sigma, loss = _gaussian_batch_chunk(*state, X, masks, hyper, n_steps=chunk)
             return (W, H, sigma), loss
 
         state = (W0, H0, sigma0)

@@ -36,7 +36,6 @@ Computational Intelligence and Neuroscience, 2009.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import jax
