@@ -333,6 +333,7 @@ def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: floa
     model = flat_model(kind).resolve(data, rank)
     problem = Problem(X=to_device(data.values, np.float32), mask=to_device(data.mask, bool),
                       rank=rank, model=model)
+    map_start(problem, "nndsvda", SEED)  # compile what the start compiles (on an accelerator)
     start, seconds = measure(lambda: jax.block_until_ready(map_start(problem, "nndsvda", SEED)))[:2]
     make_state, step = _chunk_function(kind, problem)
     state = make_state(*start)
@@ -983,8 +984,8 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; whole run {total_seconds / 60:.1f} min.  ",
         "Load average (1 min) at the start of each size: "
         + ", ".join(f"{r['size'].label}: {r['load']:.1f}" for r in results)
-        + f"; at the end: {os.getloadavg()[0]:.1f} (the machine is shared: above 1–2, other "
-        "processes competed for the 2 cores, which slows both libraries but adds noise to "
+        + f"; at the end: {os.getloadavg()[0]:.1f} (above the {os.cpu_count()} cores' count, "
+        "other processes competed for them, which slows both libraries but adds noise to "
         "every ratio)." + ("" if not ACCELERATOR else (
             " bnmf and torchnmf ran on the accelerator named above, scikit-learn on the host's "
             f"{os.cpu_count()} CPU cores: these ratios compare the GPU with what a user of "
@@ -1020,8 +1021,9 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
         "(`np.mat` was removed)"
         + ("" if torchnmf_version() else "; torchnmf needs PyTorch, not installed in the "
            "environment that ran this (`pip install torch torchnmf` adds its rows)")
-        + (". No GPU was lent to the session that ran this, so there is no GPU figure (and no "
-           "\"8 vmapped restarts ≤ 3× one\" check on a GPU)." if not ACCELERATOR else
+        + (". This run used the CPU only: `JAX_PLATFORMS=cuda python experiments/speed.py` on "
+           "a GPU writes speed_gpu.md (GPU figures and the \"8 vmapped restarts ≤ 3× one\" "
+           "check)." if not ACCELERATOR else
            ". The CPU figures of the issue's criteria are in speed.md."),
         "",
         "## Time to reach scikit-learn's final objective",
@@ -1142,15 +1144,22 @@ def main(argv=None) -> None:
                              "mode, speed_gpu.md on an accelerator; none in quick mode)")
     parser.add_argument("--max-iter", type=int, default=2000,
                         help="cap on bnmf iterations when chasing scikit-learn's objective")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated FxN labels to run (e.g. 5000x5000; default all)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.sizes:
+        wanted = set(args.sizes.split(","))
+        sizes = tuple(s for s in sizes if f"{s.n_features}x{s.n_samples}" in wanted)
     out = args.out
     if out is None and not args.quick:
         out = Path(__file__).resolve().parent / "results" / (
             "speed_gpu.md" if ACCELERATOR else "speed.md")
-    command = (f"JAX_PLATFORMS={jax.default_backend()} " if ACCELERATOR else "") + (
+    platforms = os.environ.get("JAX_PLATFORMS", jax.default_backend())
+    command = (f"JAX_PLATFORMS={platforms} " if ACCELERATOR else "") + (
         "python experiments/speed.py") + (" --quick" if args.quick else "") + (
-        f" --max-iter {args.max_iter}" if args.max_iter != 2000 else "")
+        f" --max-iter {args.max_iter}" if args.max_iter != 2000 else "") + (
+        f" --sizes {args.sizes}" if args.sizes else "")
 
     start = time.perf_counter()
     peak = matmul_peak()

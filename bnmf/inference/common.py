@@ -177,10 +177,7 @@ def sparse_starting_point(X, hidden: tuple, rank: int, init: str, seed: int):
         U, S, Vt = leading_svd(filled, rank, np.random.default_rng(seed))
         W, H = _nonnegative_parts(U, S, Vt, filled.sum() / (X.shape[0] * X.shape[1]))
     elif init == "random":
-        rng = np.random.default_rng(seed)
-        scale = np.sqrt(mean / rank) * 2.0
-        W = rng.uniform(0, 1, (X.shape[0], rank)) * scale
-        H = rng.uniform(0, 1, (rank, X.shape[1])) * scale
+        W, H = random_factors(X.shape, rank, mean, seed)
     else:
         raise ValueError(f"init must be 'nndsvda' or 'random', got {init!r}.")
     x_dot_wh, wh_sq = _inner_products(X, W, H)
@@ -203,12 +200,17 @@ def _rescaled(W, H, x_dot_wh, wh_sq):
     return W * alpha, H * alpha
 
 
+def random_factors(shape: tuple, rank: int, mean: float, seed: int):
+    """Uniform random W (n_features, rank), H (rank, n_samples) with mean(W @ H) ≈ ``mean``."""
+    rng = np.random.default_rng(seed)
+    scale = np.sqrt(mean / rank) * 2.0  # E[U(0, 2s)] = s
+    return (rng.uniform(0, 1, (shape[0], rank)) * scale,
+            rng.uniform(0, 1, (rank, shape[1])) * scale)
+
+
 def random_start(X: np.ndarray, mask: np.ndarray, rank: int, seed: int):
     """A uniform random start scaled so that mean(W @ H) matches the observed mean."""
-    rng = np.random.default_rng(seed)
-    scale = np.sqrt(X[mask].mean() / rank) * 2.0  # E[U(0, 2s)] = s
-    return (rng.uniform(0, 1, (X.shape[0], rank)) * scale,
-            rng.uniform(0, 1, (rank, X.shape[1])) * scale)
+    return random_factors(X.shape, rank, X[mask].mean(), seed)
 
 
 def starting_point(X: np.ndarray, mask: np.ndarray, rank: int, init: str, seed: int):
