@@ -572,3 +572,27 @@ def test_entry_points_compute_matrix_products_in_full_precision(monkeypatch):
         fit.log_likelihood()
     assert len(calls) == 3 and set(calls) == {"highest"}
     assert jax.config.jax_default_matmul_precision == callers_setting  # restored afterwards
+
+
+@pytest.mark.parametrize("model, method, options", [
+    ("poisson", "svi", {"max_steps": 200, "min_steps": 100, "num_draws": 20}),
+    ("horseshoe", "map", {"max_iter": 100, "init": "random"}),
+])
+def test_a_second_fit_with_the_same_model_and_shapes_compiles_nothing(caplog, model, method,
+                                                                      options):
+    """SVI and Adam MAP embed the resolved model's hyperparameters in their programs; a second
+    fit with the same model and shapes (here: the same data, another seed) reuses them."""
+    rng = np.random.default_rng(8)
+    X = rng.poisson(5.0, (23, 31)).astype(float)
+    first = bnmf.fit(X, 3, model=model, method=method, seed=0, progress=False, **options)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            second = bnmf.fit(X, 3, model=model, method=method, seed=1, progress=False,
+                              **options)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
+    assert compiled == []
+    assert not np.array_equal(first.losses, second.losses)  # another seed, another run

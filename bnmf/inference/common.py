@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import log_density
 from tqdm.auto import tqdm
 
@@ -415,6 +416,17 @@ def _stderr_is_terminal() -> bool:
 
 def key_from_seed(seed: int):
     return jax.random.PRNGKey(seed)
+
+
+def site_layout(values: dict) -> tuple:
+    """((name, shape, dtype), …) of a dict of site values: what ``ravel_pytree`` needs to know
+    to flatten and unflatten them, as a hashable key."""
+    return tuple((name, tuple(v.shape), str(v.dtype)) for name, v in sorted(values.items()))
+
+
+def layout_unravel(layout: tuple):
+    """``unravel`` of :func:`jax.flatten_util.ravel_pytree` for sites of this layout."""
+    return ravel_pytree({name: jnp.zeros(shape, dtype) for name, shape, dtype in layout})[1]
 
 
 def log_joint_unconstrained(problem: Problem, unravel, u_flat, constrained_sites=()):

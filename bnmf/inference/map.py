@@ -19,7 +19,7 @@ Which mode is found (a MAP depends on the parameterisation):
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +36,11 @@ from .common import (
     Problem,
     RawPosterior,
     floor_positive,
+    layout_unravel,
     log_joint_unconstrained,
     run_chunks,
     shard_problem,
+    site_layout,
     sparse_starting_point,
     starting_point,
     to_device,
@@ -269,17 +271,23 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=
 FACTOR_SITES = ("W", "H")  # sites whose mode the generic MAP takes in the constrained space
 
 
-def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, learning_rate):
-    """Adam over u = log(sites) on -log p(X, W, H, scales) - Σ log(scales) (see module doc)."""
-    u0, unravel = ravel_pytree(jax.tree.map(jnp.log, init_values))
+@lru_cache(maxsize=16)
+def _adam_map_programs(model, rank: int, layout: tuple, learning_rate: float, chunk: int):
+    """(optimizer, unravel, compiled ``step_chunk(carry, X, mask, W_fixed)``) of
+    :func:`_generic_map` for one resolved model, site layout and step size. The data are
+    arguments, not constants of a closure, so a later fit with the same model and shapes
+    reuses the compiled chunk."""
+    unravel = layout_unravel(layout)
     optimizer = optax.adam(learning_rate)
-    u_bound = -0.45 * float(np.log(np.finfo(u0.dtype).tiny))
-    loss_fn = lambda u: -log_joint_unconstrained(  # noqa: E731
-        problem, unravel, u, constrained_sites=FACTOR_SITES)
-    chunk = 50
+    dtype = jnp.dtype(layout[0][2])
+    u_bound = -0.45 * float(np.log(np.finfo(dtype).tiny))
 
     @jax.jit
-    def step_chunk(carry):
+    def step_chunk(carry, X, mask, W_fixed):
+        problem = Problem(X, mask, rank, model, W_fixed)
+        loss_fn = lambda u: -log_joint_unconstrained(  # noqa: E731
+            problem, unravel, u, constrained_sites=FACTOR_SITES)
+
         def step(carry, _):
             u, opt_state = carry
             loss, grads = jax.value_and_grad(loss_fn)(u)
@@ -293,8 +301,19 @@ def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, l
 
         return lax.scan(step, carry, None, length=chunk)
 
+    return optimizer, unravel, step_chunk
+
+
+def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, learning_rate):
+    """Adam over u = log(sites) on -log p(X, W, H, scales) - Σ log(scales) (see module doc)."""
+    u0 = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
+    chunk = 50
+    optimizer, unravel, step_chunk = _adam_map_programs(
+        problem.model, problem.rank, site_layout(init_values), float(learning_rate), chunk)
+    data = (problem.X, problem.mask, problem.W_fixed)
     (u, _), losses, iterations, converged = run_chunks(
-        step_chunk, (u0, optimizer.init(u0)), max_iter, chunk, tol, progress, "MAP (Adam)"
+        lambda carry: step_chunk(carry, *data), (u0, optimizer.init(u0)), max_iter, chunk, tol,
+        progress, "MAP (Adam)"
     )
     return jax.tree.map(jnp.exp, unravel(u)), losses, iterations, converged
 

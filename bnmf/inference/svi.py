@@ -16,6 +16,7 @@ spread.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,10 @@ from .common import (
     Problem,
     RawPosterior,
     key_from_seed,
+    layout_unravel,
     log_joint_unconstrained,
     run_chunks,
+    site_layout,
     to_bnmf_layout,
 )
 from .map import posterior_start
@@ -96,6 +99,37 @@ def averaged_chunk(loss_fn, optimizer, chunk: int):
     return run
 
 
+@lru_cache(maxsize=16)
+def _svi_programs(model, rank: int, layout: tuple, num_particles: int, learning_rate: float,
+                  max_steps: int, elbo_particles: int, chunk: int):
+    """The optimizer and compiled programs of :func:`fit_svi` for one resolved model, site
+    layout and set of options: ``step_chunk(carry, X, mask, W_fixed)``, ``elbo_estimate(params,
+    key, X, mask, W_fixed)`` and ``draw(params, keys)``. The data are arguments, not constants
+    of a closure, so a later fit with the same model and shapes (the same data with another
+    seed, say) reuses the compiled programs instead of compiling them again (≈1.5 s at
+    96 × 2,000 on 2 CPU cores)."""
+    unravel = layout_unravel(layout)
+    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
+
+    def neg_elbo(params, key, X, mask, W_fixed):
+        problem = Problem(X, mask, rank, model, W_fixed)
+        keys = jax.random.split(key, num_particles)
+        expected = jax.vmap(
+            lambda k: log_joint_unconstrained(problem, unravel, _guide_sample(params, k)))(keys)
+        return -(expected.mean() + _guide_entropy(params))
+
+    @jax.jit
+    def elbo_estimate(params, key, X, mask, W_fixed):
+        return -lax.map(lambda k: neg_elbo(params, k, X, mask, W_fixed),
+                        jax.random.split(key, elbo_particles)).mean()
+
+    @jax.jit
+    def draw(params, keys):
+        return jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k))))(keys)
+
+    return optimizer, jax.jit(averaged_chunk(neg_elbo, optimizer, chunk)), elbo_estimate, draw
+
+
 def fit_svi(
     problem: Problem,
     *,
@@ -147,36 +181,23 @@ def fit_svi(
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
     key_guide, key_steps, key_elbo, key_draws = jax.random.split(key_from_seed(seed), 4)
     init_values = posterior_start(problem, init, seed)
-    loc, unravel = ravel_pytree(jax.tree.map(jnp.log, init_values))
+    loc = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
     params = _guide_init(guide, loc, init_scale, guide_rank, key_guide)
-    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
-
-    def neg_elbo(params, key):
-        keys = jax.random.split(key, num_particles)
-        expected = jax.vmap(
-            lambda k: log_joint_unconstrained(problem, unravel, _guide_sample(params, k)))(keys)
-        return -(expected.mean() + _guide_entropy(params))
-
     chunk = 100
-
-    step_chunk = jax.jit(averaged_chunk(neg_elbo, optimizer, chunk))
+    optimizer, step_chunk, elbo_estimate, draw = _svi_programs(
+        problem.model, problem.rank, site_layout(init_values), num_particles,
+        float(learning_rate), max_steps, elbo_particles, chunk)
+    data = (problem.X, problem.mask, problem.W_fixed)
 
     # The chunk's average iterate (Polyak averaging) removes most of the stochastic jitter
     # that the last iterate carries, so posterior means are not off by optimisation noise.
     (_, _, _, params), losses, iterations, converged = run_chunks(
-        step_chunk, (params, optimizer.init(params), key_steps, params), max_steps, chunk, tol,
-        progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),
+        lambda carry: step_chunk(carry, *data), (params, optimizer.init(params), key_steps,
+                                                 params),
+        max_steps, chunk, tol, progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),
     )
 
-    @jax.jit
-    def elbo_estimate(params, key):
-        return -lax.map(lambda k: neg_elbo(params, k), jax.random.split(key, elbo_particles)).mean()
-
-    @jax.jit
-    def draw(params, keys):
-        return jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k))))(keys)
-
-    elbo = float(elbo_estimate(params, key_elbo))
+    elbo = float(elbo_estimate(params, key_elbo, *data))
     samples = draw(params, jax.random.split(key_draws, num_draws))
     draws = to_bnmf_layout({name: value[None] for name, value in samples.items()}, problem)
     info = {"algorithm": f"svi-{guide}", "iterations": iterations, "converged": converged,
