@@ -419,16 +419,21 @@ def test_a_second_fit_of_the_same_shapes_compiles_nothing(caplog, model, method,
     rng = np.random.default_rng(3)
     X1, X2 = (rng.poisson(5.0, (23, 31)).astype(float) for _ in range(2))
     bnmf.fit(X1, 3, model=model, method=method, seed=0, max_iter=20, progress=False, **options)
+    compiled, _ = compilations(caplog, lambda: bnmf.fit(
+        X2, 3, model=model, method=method, seed=1, max_iter=20, progress=False, **options))
+    assert compiled == []
+
+
+def compilations(caplog, call):
+    """(the programs JAX compiles while ``call()`` runs, its result)."""
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level("WARNING"):
             caplog.clear()
-            bnmf.fit(X2, 3, model=model, method=method, seed=1, max_iter=20, progress=False,
-                     **options)
+            result = call()
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
-    assert compiled == []
+    return [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()], result
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, bool])
@@ -528,14 +533,7 @@ def test_a_second_batch_of_restarts_of_the_same_shapes_compiles_nothing(caplog, 
         return np.asarray(fit.values["W"])
 
     run(0)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level("WARNING"):
-            caplog.clear()
-            W = run(1)
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
+    compiled, W = compilations(caplog, lambda: run(1))
     assert compiled == []
     assert np.all(np.isfinite(W)) and W.shape == (3, 23, 3)
 
@@ -585,14 +583,7 @@ def test_a_second_fit_with_the_same_model_and_shapes_compiles_nothing(caplog, mo
     rng = np.random.default_rng(8)
     X = rng.poisson(5.0, (23, 31)).astype(float)
     first = bnmf.fit(X, 3, model=model, method=method, seed=0, progress=False, **options)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level("WARNING"):
-            caplog.clear()
-            second = bnmf.fit(X, 3, model=model, method=method, seed=1, progress=False,
-                              **options)
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage()[:120] for r in caplog.records if "Compiling" in r.getMessage()]
+    compiled, second = compilations(caplog, lambda: bnmf.fit(
+        X, 3, model=model, method=method, seed=1, progress=False, **options))
     assert compiled == []
     assert not np.array_equal(first.losses, second.losses)  # another seed, another run
