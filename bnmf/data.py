@@ -391,6 +391,10 @@ def _prepare_sparse(coo: sp.coo_matrix, feature_names, observation_names, *, mas
     if not has_labels:
         feature_names = pd.RangeIndex(shape[0], name="feature")
         observation_names = pd.RangeIndex(shape[1], name="observation")
+    stored = sp.coo_matrix((values, (rows, cols)), shape=shape)
+    # a subset, in order, of the canonical (sorted, summed) entries of ``coo``: say so, or SciPy
+    # would sort them again for every sum (0.25 s at 2 million entries)
+    stored.has_canonical_format = True
     return Data(
         values=None,
         mask=None,
@@ -398,7 +402,7 @@ def _prepare_sparse(coo: sp.coo_matrix, feature_names, observation_names, *, mas
         observation_names=pd.Index(observation_names),
         has_labels=has_labels,
         is_counts=is_counts,
-        sparse=sp.coo_matrix((values, (rows, cols)), shape=shape),
+        sparse=stored,
         hidden=(np.asarray(hidden[0], np.int64), np.asarray(hidden[1], np.int64)),
     )
 

@@ -587,3 +587,18 @@ def test_a_second_fit_with_the_same_model_and_shapes_compiles_nothing(caplog, mo
         X, 3, model=model, method=method, seed=1, progress=False, **options))
     assert compiled == []
     assert not np.array_equal(first.losses, second.losses)  # another seed, another run
+
+
+def test_sparse_input_with_duplicate_unsorted_entries_fits_as_their_sum():
+    """SciPy sums duplicate COO entries; bnmf's stored copy is flagged canonical (sorted,
+    summed) so that SciPy does not sort it again: the fit must equal the dense one."""
+    dense = RNG.poisson(3.0, (12, 17)).astype(float)
+    rows, cols = np.nonzero(dense)
+    halves = np.floor(dense[rows, cols] / 2)
+    order = RNG.permutation(2 * rows.size)  # split every count in two, shuffled
+    coo = sp.coo_matrix((np.concatenate([halves, dense[rows, cols] - halves])[order],
+                         (np.tile(rows, 2)[order], np.tile(cols, 2)[order])), shape=dense.shape)
+    options = dict(model="poisson", method="map", max_iter=30, tol=0.0, progress=False)
+    sparse_fit, dense_fit = bnmf.fit(coo, 2, **options), bnmf.fit(dense, 2, **options)
+    np.testing.assert_allclose(sparse_fit.W, dense_fit.W, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sparse_fit.losses, dense_fit.losses, rtol=1e-5)

@@ -158,9 +158,12 @@ class SparseCounts:
         return cls(*arrays, shape, by_row, by_col)
 
 
-def to_scipy(c: SparseCounts) -> sp.coo_matrix:
-    """The observed non-zero counts as a SciPy COO matrix (float64), on the host."""
-    return sp.coo_matrix((np.asarray(c.values, np.float64), (np.asarray(c.rows), np.asarray(c.cols))),
+def to_scipy(c: SparseCounts) -> sp.csr_matrix:
+    """The observed non-zero counts as a SciPy CSR matrix (float64), on the host.
+
+    CSR, not COO: every ``.sum()`` of a COO matrix not flagged canonical sorts its entries
+    again (0.25 s at 2 million non-zeros)."""
+    return sp.csr_matrix((np.asarray(c.values, np.float64), (np.asarray(c.rows), np.asarray(c.cols))),
                          shape=c.shape)
 
 
@@ -172,7 +175,10 @@ def sparse_counts(X, mask=None, dtype="float32", hidden=None) -> SparseCounts:
     holds them), never building a dense mask. Counts at unobserved entries are dropped, as are
     explicit zeros.
     """
-    coo = sp.coo_matrix(X)
+    # prepare() hands over a canonical COO (duplicates summed, sorted): used as it is, read
+    # only; a copy would lose the flag and sort its 2 million entries again (0.25 s)
+    canonical = sp.issparse(X) and X.format == "coo" and X.has_canonical_format
+    coo = X if canonical else sp.coo_matrix(X)
     coo.sum_duplicates()
     rows, cols, values = coo.row, coo.col, coo.data
     hidden_rows = hidden_cols = np.zeros(0, np.int64)
