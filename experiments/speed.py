@@ -1152,6 +1152,10 @@ def main(argv=None) -> None:
     if args.sizes:
         wanted = set(args.sizes.split(","))
         sizes = tuple(s for s in sizes if f"{s.n_features}x{s.n_samples}" in wanted)
+        if not sizes:
+            parser.error(f"--sizes {args.sizes!r} names none of "
+                         + ", ".join(f"{s.n_features}x{s.n_samples}" for s in
+                                     (QUICK if args.quick else FULL)))
     out = args.out
     if out is None and not args.quick:
         out = Path(__file__).resolve().parent / "results" / (

@@ -37,13 +37,12 @@ from .common import (
     RawPosterior,
     floor_positive,
     key_from_seed,
-    log_joint_unconstrained,
     starting_point,
     to_bnmf_layout,
     to_device,
 )
 from .map import RelaxedChunks, _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
-from .svi import GUIDES, _guide_entropy, _guide_init, _guide_sample, averaged_chunk
+from .svi import GUIDES, _guide_init, _guide_sample, averaged_chunk, neg_elbo
 
 __all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
 
@@ -264,16 +263,12 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
         locs, key_guide)
     optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
 
-    def neg_elbo(params, key, mask):
-        problem = Problem(X, mask, rank, model)
-        particle_keys = jax.random.split(key, num_particles)
-        expected = jax.vmap(lambda k: log_joint_unconstrained(
-            problem, unravel, _guide_sample(params, k)))(particle_keys)
-        return -(expected.mean() + _guide_entropy(params))
+    def loss(params, key, mask):
+        return neg_elbo(params, key, Problem(X, mask, rank, model), unravel, num_particles)
 
     chunk = 100
 
-    batched_chunk = jax.jit(jax.vmap(averaged_chunk(neg_elbo, optimizer, chunk)))
+    batched_chunk = jax.jit(jax.vmap(averaged_chunk(loss, optimizer, chunk)))
     state = (params, jax.vmap(optimizer.init)(params), key_steps, params)
     # Polyak averaging as in fit_svi: the chunk's average iterate is the result.
     (_, _, _, params), losses, iterations, converged = _run_batched(
@@ -284,7 +279,7 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
     @jax.vmap
     def elbo_estimate(params, key, mask):
         keys = jax.random.split(key, elbo_particles)
-        return -lax.map(lambda k: neg_elbo(params, k, mask), keys).mean()
+        return -lax.map(lambda k: loss(params, k, mask), keys).mean()
 
     elbo = np.asarray(elbo_estimate(params, key_elbo, masks), dtype=np.float64)
     medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])

@@ -9,7 +9,7 @@ one dispatch per chunk.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -316,11 +316,8 @@ def numerics(dtype: str | None = None):
     setting is part of JAX's compilation cache key, so programs compiled here are reused only
     here.
     """
-    if dtype is None:
-        with jax.default_matmul_precision("highest"):
-            yield
-        return
-    with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision("highest"):
+    x64 = nullcontext() if dtype is None else jax.enable_x64(dtype == "float64")
+    with x64, jax.default_matmul_precision("highest"):
         yield
 
 

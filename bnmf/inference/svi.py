@@ -99,6 +99,15 @@ def averaged_chunk(loss_fn, optimizer, chunk: int):
     return run
 
 
+def neg_elbo(params, key, problem: Problem, unravel, num_particles: int):
+    """Negative ELBO of the guide ``params`` from ``num_particles`` draws (one per key split
+    from ``key``): shared by :func:`fit_svi` and the vmapped restarts."""
+    keys = jax.random.split(key, num_particles)
+    expected = jax.vmap(
+        lambda k: log_joint_unconstrained(problem, unravel, _guide_sample(params, k)))(keys)
+    return -(expected.mean() + _guide_entropy(params))
+
+
 @lru_cache(maxsize=16)
 def _svi_programs(model, rank: int, layout: tuple, num_particles: int, learning_rate: float,
                   max_steps: int, elbo_particles: int, chunk: int):
@@ -111,23 +120,20 @@ def _svi_programs(model, rank: int, layout: tuple, num_particles: int, learning_
     unravel = layout_unravel(layout)
     optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
 
-    def neg_elbo(params, key, X, mask, W_fixed):
-        problem = Problem(X, mask, rank, model, W_fixed)
-        keys = jax.random.split(key, num_particles)
-        expected = jax.vmap(
-            lambda k: log_joint_unconstrained(problem, unravel, _guide_sample(params, k)))(keys)
-        return -(expected.mean() + _guide_entropy(params))
+    def loss(params, key, X, mask, W_fixed):
+        return neg_elbo(params, key, Problem(X, mask, rank, model, W_fixed), unravel,
+                        num_particles)
 
     @jax.jit
     def elbo_estimate(params, key, X, mask, W_fixed):
-        return -lax.map(lambda k: neg_elbo(params, k, X, mask, W_fixed),
+        return -lax.map(lambda k: loss(params, k, X, mask, W_fixed),
                         jax.random.split(key, elbo_particles)).mean()
 
     @jax.jit
     def draw(params, keys):
         return jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k))))(keys)
 
-    return optimizer, jax.jit(averaged_chunk(neg_elbo, optimizer, chunk)), elbo_estimate, draw
+    return optimizer, jax.jit(averaged_chunk(loss, optimizer, chunk)), elbo_estimate, draw
 
 
 def fit_svi(
