@@ -67,10 +67,11 @@ from bnmf.data import prepare  # noqa: E402
 from bnmf.inference.common import Problem, to_device, transposed  # noqa: E402
 from bnmf.inference.counts import DenseCounts, log_factorial_sum  # noqa: E402
 from bnmf.inference.map import (  # noqa: E402
-    INNER_SWEEPS,
+    HalsState,
     RelaxedChunks,
-    _gaussian_mm_chunk,
+    _gaussian_hals_chunk,
     _poisson_mm_counts_chunk,
+    hals_state,
     map_start,
 )
 
@@ -110,7 +111,9 @@ FULL = (Size(96, 2_000, 10, repeats=5, svi_draws=None, svi_repeats=2, kinds=("po
         Size(2_000, 10_000, 12, repeats=1, svi_draws=200, kinds=("poisson",), svi=False,
              sparse_densities=(0.1, 0.01), defaults=False, restarts=8, sklearn_loop=False,
              minibatch=True),
-        Size(5_000, 5_000, 20, repeats=1, svi_draws=200, kinds=("gaussian",), svi=False,
+        # 3 warm calls: the call after the compiling one is 0.3–0.5 s slower than later ones
+        # here, with nothing compiled in it (jax_log_compiles); a median of 1 would be that call
+        Size(5_000, 5_000, 20, repeats=3, svi_draws=200, kinds=("gaussian",), svi=False,
              data="gaussian", defaults=False))
 QUICK = (Size(48, 300, 5, repeats=3, svi_draws=200, svi_repeats=2, restarts=8),
          Size(200, 1_000, 6, repeats=2, svi_draws=100, kinds=("poisson",), svi=False,
@@ -314,12 +317,15 @@ def _chunk_function(kind: str, problem: Problem):
     XT = transposed(X)  # as fit_map does for fully observed X
 
     def step(state, steps=CHUNK):
-        W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=steps,
-                                               update_W=True, full=True, XT=XT,
-                                               inner_sweeps=INNER_SWEEPS)
-        return (W, H, sigma), loss
+        return _gaussian_hals_chunk(state, X, XT, hyper, n_steps=steps, update_W=True)
 
-    return (lambda W, H: (W, H, model.init_extras(W, H, X, M)["sigma"])), step
+    return (lambda W, H: hals_state(W, H, model.init_extras(W, H, X, M)["sigma"])), step
+
+
+def fitted(state):
+    """(W, H) that fit_map returns from a chunk runner's state: the best iterate of the
+    extrapolated HALS iteration, the current one of the Poisson updates."""
+    return state.best[:2] if isinstance(state, HalsState) else state[:2]
 
 
 def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: float,
@@ -346,7 +352,7 @@ def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: floa
         state = jax.block_until_ready(step(state)[0])
         elapsed += time.perf_counter() - t0
         done += CHUNK
-        value = score(X, state[0], state[1])
+        value = score(X, *fitted(state))
         trace.iterations.append(done)
         trace.seconds.append(elapsed)
         trace.objectives.append(value)
@@ -364,7 +370,7 @@ def _steps_to_reach(runner, state, X, target: float, score) -> int:
     last chunk the same way)."""
     for steps in range(1, CHUNK):
         candidate = copy.copy(runner)(state, steps)[0]
-        if score(X, candidate[0], candidate[1]) <= target:
+        if score(X, *fitted(candidate)) <= target:
             return steps
     return CHUNK
 

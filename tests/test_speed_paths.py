@@ -107,22 +107,26 @@ def test_sparse_problem_refuses_what_it_cannot_do():
 
 
 def test_hals_noise_update_from_products_matches_direct_residual():
-    """The full-data HALS path gets ‖X − WH‖² from products; the masked path sums residuals.
-    With an all-True mask passed as 'not full', both must take the same steps."""
-    from bnmf.inference.map import _gaussian_mm_chunk
+    """The full-data HALS path gets ‖X − WH‖² from products, not from a pass over X: the noise
+    scale it returns must be the mode given the direct residual of the W, H it returns, and
+    its loss the exact negative log joint of that iterate."""
+    from bnmf.inference.map import _gaussian_hals_chunk, gaussian_neg_log_joint, hals_state
 
     X, _, _ = simulate(30, 40, rank=3, likelihood="gaussian", seed=2)
     with jax.enable_x64(True):
         Xj = jnp.asarray(X)
-        M = jnp.ones(X.shape, bool)
         W0, H0 = jnp.asarray(RNG.uniform(size=(30, 3))), jnp.asarray(RNG.uniform(size=(3, 40)))
         hyper = jnp.asarray([10.0, 10.0, 10.0])
-        W, H, sigma, _ = _gaussian_mm_chunk(W0, H0, 1.0, Xj, M, hyper, n_steps=5,
-                                            update_W=True, full=True)
+        state, loss = _gaussian_hals_chunk(hals_state(W0, H0, 1.0), Xj, Xj.T, hyper,
+                                           n_steps=5, update_W=True)
+        W, H, sigma, best_loss = state.best
         rss = np.sum((X - np.asarray(W) @ np.asarray(H)) ** 2)
         n = X.size
         expected = np.sqrt(2 * rss / (n + np.sqrt(n**2 + 4 * rss / 100.0)))
         np.testing.assert_allclose(sigma, expected, rtol=1e-8)
+        exact = gaussian_neg_log_joint(W, H, sigma, Xj, None, hyper)
+        np.testing.assert_allclose(loss[0], exact, rtol=1e-12)
+        np.testing.assert_allclose(best_loss, exact, rtol=1e-8)
 
 
 # ------------------------------------------------------------------ sharding over devices
@@ -602,3 +606,36 @@ def test_sparse_input_with_duplicate_unsorted_entries_fits_as_their_sum():
     sparse_fit, dense_fit = bnmf.fit(coo, 2, **options), bnmf.fit(dense, 2, **options)
     np.testing.assert_allclose(sparse_fit.W, dense_fit.W, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(sparse_fit.losses, dense_fit.losses, rtol=1e-5)
+
+
+def _hals_losses(X, steps, monkeypatch, extrapolation_start):
+    """Per-update losses of the current iterate and the final state of the full-data HALS
+    iteration from one start (``extrapolation_start=0``: plain HALS)."""
+    import bnmf.inference.map as map_module
+
+    monkeypatch.setattr(map_module, "_EXTRAPOLATION_START", extrapolation_start)
+    Xj = jnp.asarray(X)
+    rng = np.random.default_rng(1)
+    W0 = jnp.asarray(rng.uniform(size=(X.shape[0], 5)))
+    H0 = jnp.asarray(rng.uniform(size=(5, X.shape[1])))
+    hyper = jnp.asarray([1e3, 1e3, 1e3])
+    state, losses = map_module.hals_state(W0, H0, 1.0), []
+    for _ in range(steps):  # one update per call, to see every iterate's loss
+        state, _ = map_module._gaussian_hals_chunk(state, Xj, Xj.T, hyper, n_steps=1,
+                                                   update_W=True)
+        losses.append(float(state.loss))
+    return np.array(losses), state
+
+
+def test_extrapolated_hals_gets_further_than_plain_hals_and_returns_its_best(monkeypatch):
+    X, _, _ = simulate(120, 150, rank=5, likelihood="gaussian", seed=11)
+    with jax.enable_x64(True):
+        plain, plain_state = _hals_losses(X, 25, monkeypatch, 0.0)
+        extrapolated, state = _hals_losses(X, 25, monkeypatch, 0.25)
+    assert np.all(np.diff(plain) <= 1e-12 * np.abs(plain[1:]))  # plain HALS is monotone
+    assert float(plain_state.beta) == 0.0  # β = 0 stays 0: no extrapolation at all
+    assert extrapolated.min() < plain[-1]  # further along after the same 25 updates
+    # the state keeps the best iterate, which is what fit_map returns
+    assert float(state.best[3]) == pytest.approx(extrapolated.min(), rel=1e-12)
+    best_W, best_H = np.asarray(state.best[0]), np.asarray(state.best[1])
+    assert best_W.min() >= 0 and best_H.min() >= 0

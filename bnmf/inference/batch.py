@@ -165,8 +165,7 @@ def _masked_log_factorials(X, masks):
 def _gaussian_batch_chunk(W, H, sigma, X, masks, hyper, *, n_steps):
     """``n_steps`` masked MM updates of every member → (W, H, sigma, loss (B, 1))."""
     def one(W, H, s, M):
-        return _gaussian_mm_chunk(W, H, s, X, M, hyper, n_steps=n_steps, update_W=True,
-                                  full=False)
+        return _gaussian_mm_chunk(W, H, s, X, M, hyper, n_steps=n_steps, update_W=True)
 
     return jax.vmap(one)(W, H, sigma, masks)
 

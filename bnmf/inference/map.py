@@ -5,8 +5,10 @@ Which mode is found (a MAP depends on the parameterisation):
 * ``poisson`` (gamma priors, shape ``a`` ≥ 1) and ``gaussian``: the mode of p(W, H | X) in the
   constrained space, by closed-form majorize–minimize updates that never increase the negative
   log joint: multiplicative updates with the gamma prior folded in for Poisson (Cemgil 2009;
-  Févotte & Idier 2011), and ridge-penalised HALS (masked multiplicative updates when entries
-  are missing) with an exact noise update for Gaussian.
+  Févotte & Idier 2011), and ridge-penalised HALS with extrapolation of H (Ang & Gillis
+  2019; masked multiplicative updates when entries are missing) with an exact noise update for
+  Gaussian. The extrapolated sequence is not monotone itself: the best iterate is kept and
+  returned, so the reported losses never rise.
 * ``poisson`` with shape ``a`` < 1: the gamma density is unbounded at 0, so no constrained mode
   exists. The mode is taken over log W and log H instead (the Jacobian adds 1 to the shape).
 * every other model (``horseshoe``): the mode of the density of W and H in the constrained
@@ -20,6 +22,7 @@ Which mode is found (a MAP depends on the parameterisation):
 from __future__ import annotations
 
 from functools import lru_cache, partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -186,17 +189,25 @@ def half_normal_log_density(x, scale):
     return jnp.sum(0.5 * jnp.log(2.0 / jnp.pi) - jnp.log(scale) - 0.5 * (x / scale) ** 2)
 
 
+def _gaussian_neg_log_joint_from_rss(rss, n_observed, W, H, sigma, hyper):
+    """-log p(X, W, H, sigma) of the Gaussian half-normal model from ‖X − WH‖² (``rss``) over
+    ``n_observed`` entries."""
+    scale_W, scale_H, scale_sigma = hyper
+    ll = -0.5 * n_observed * jnp.log(2.0 * jnp.pi) - n_observed * jnp.log(sigma) - 0.5 * rss / sigma**2
+    return -(ll + half_normal_log_density(W, scale_W) + half_normal_log_density(H, scale_H)
+             + half_normal_log_density(sigma, scale_sigma))
+
+
 def gaussian_neg_log_joint(W, H, sigma, X, M, hyper):
     """-log p(X, W, H, sigma) for the Gaussian half-normal model (masked entries excluded).
 
     ``M=None`` means fully observed: then the likelihood comes from ‖X − WH‖² in one fused pass
     over X (no mask, no per-entry log-density; 4x faster on 5,000 × 5,000)."""
-    scale_W, scale_H, scale_sigma = hyper
     if M is None:
-        n, rss = X.size, jnp.sum((X - W @ H) ** 2)
-        ll = -0.5 * n * jnp.log(2.0 * jnp.pi) - n * jnp.log(sigma) - 0.5 * rss / sigma**2
-    else:
-        ll = jnp.sum(jnp.where(M, gaussian_log_likelihood(X, W, H, sigma), 0.0))
+        return _gaussian_neg_log_joint_from_rss(jnp.sum((X - W @ H) ** 2), X.size, W, H, sigma,
+                                                hyper)
+    scale_W, scale_H, scale_sigma = hyper
+    ll = jnp.sum(jnp.where(M, gaussian_log_likelihood(X, W, H, sigma), 0.0))
     return -(ll + half_normal_log_density(W, scale_W) + half_normal_log_density(H, scale_H)
              + half_normal_log_density(sigma, scale_sigma))
 
@@ -228,43 +239,102 @@ def _noise_mode(rss, n_observed, scale_sigma):
     return jnp.sqrt(2.0 * rss / (n_observed + jnp.sqrt(n_observed**2 + 4.0 * rss / scale_sigma**2)))
 
 
-@partial(jax.jit, static_argnames=("update_W", "full", "inner_sweeps"))
-def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W, full, XT=None,
-                       inner_sweeps=1):
-    """``n_steps`` (traced) HALS sweeps (``full``: every entry observed) or masked
-    multiplicative updates, each followed by the noise scale's mode; then the loss. ``XT`` is
-    X transposed in memory (optional): Xᵀ W from a row-major Xᵀ is about 2x faster than from X
-    on CPU."""
+@partial(jax.jit, static_argnames=("update_W",))
+def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W):
+    """``n_steps`` (traced) multiplicative updates of the masked, ridge-penalised objective,
+    each followed by the noise scale's mode; then the loss. (Every entry observed:
+    :func:`_gaussian_hals_chunk`.)"""
     scale_W, scale_H, scale_sigma = hyper
     tiny = jnp.finfo(X.dtype).tiny
-    if full:
-        n_observed = jnp.asarray(X.size, X.dtype)
-        sq_norm = jnp.sum(X * X)
-    else:
-        Mf = M.astype(X.dtype)
-        n_observed = Mf.sum()
+    Mf = M.astype(X.dtype)
+    n_observed = Mf.sum()
 
     def step(_, carry):
         W, H, sigma = carry
         var = sigma**2
-        if full:  # exact block coordinate descent
-            if update_W:
-                W = _hals_sweeps(W, X @ H.T, H @ H.T, var / scale_W**2, inner_sweeps)
-            XtW, WtW = (X.T if XT is None else XT) @ W, W.T @ W
-            H = _hals_sweeps(H.T, XtW, WtW, var / scale_H**2, inner_sweeps).T
-            # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over X
-            rss = residual_sq_norm(sq_norm, jnp.sum(H * XtW.T), WtW, H @ H.T)
-        else:  # multiplicative updates of the masked, ridge-penalised objective
-            if update_W:
-                W = W * ((Mf * X) @ H.T) / ((Mf * (W @ H)) @ H.T + var / scale_W**2 * W + tiny)
-            H = H * (W.T @ (Mf * X)) / (W.T @ (Mf * (W @ H)) + var / scale_H**2 * H + tiny)
-            rss = jnp.sum(Mf * (X - W @ H) ** 2)
+        if update_W:
+            W = W * ((Mf * X) @ H.T) / ((Mf * (W @ H)) @ H.T + var / scale_W**2 * W + tiny)
+        H = H * (W.T @ (Mf * X)) / (W.T @ (Mf * (W @ H)) + var / scale_H**2 * H + tiny)
+        rss = jnp.sum(Mf * (X - W @ H) ** 2)
         sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
         return W, H, sigma
 
     W, H, sigma = lax.fori_loop(0, n_steps, step, (W, H, sigma))
-    loss = gaussian_neg_log_joint(W, H, sigma, X, None if full else M, hyper)
+    loss = gaussian_neg_log_joint(W, H, sigma, X, M, hyper)
     return W, H, sigma, loss[None]
+
+
+# Extrapolation of H between HALS updates, with restarts (Ang & Gillis 2019, Neural Computation
+# 31:417, "Accelerating nonnegative matrix factorization algorithms using extrapolation"): the W
+# update starts from, and is fitted to, H_y = H + β (H − H_previous); β grows by _GROW while the
+# objective falls, and on a rise H_y restarts at H and β shrinks by _SHRINK, capped by the β
+# that last failed (the cap itself grows by _CAP_GROW). Measured to scikit-learn's final CD
+# objective from the same NNDSVDa start (2 inner sweeps): 26 / 25 / 32 / 23 updates instead of
+# 36 / 43 / 46 / 47 at 5,000 × 5,000 (rank 20), 1,000 × 3,000 (10), 96 × 2,000 (10) and
+# 500 × 500 (8); extrapolating W too, or starting from β = 0.1 or 0.5, needed more.
+_EXTRAPOLATION_START, _SHRINK, _GROW, _CAP_GROW = 0.25, 2.0, 1.05, 1.01
+
+
+class HalsState(NamedTuple):
+    """State of the extrapolated HALS iteration: the current iterate (W, H, sigma, its
+    ``loss``), the extrapolated ``H_y``, the step ``beta`` and its cap ``beta_max``, and the
+    best iterate so far (``best``: W, H, sigma, loss), which is what a fit returns: the
+    extrapolated sequence is not monotone, its best iterate is."""
+
+    W: jax.Array
+    H: jax.Array
+    sigma: jax.Array
+    loss: jax.Array
+    H_y: jax.Array
+    beta: jax.Array
+    beta_max: jax.Array
+    best: tuple
+
+
+def hals_state(W, H, sigma) -> HalsState:
+    """The extrapolated HALS iteration's state at a start (W, H, sigma)."""
+    W, H = jnp.asarray(W), jnp.asarray(H)
+    dtype = W.dtype
+    sigma, inf = jnp.asarray(sigma, dtype), jnp.asarray(jnp.inf, dtype)
+    return HalsState(W, H, sigma, inf, H, jnp.asarray(_EXTRAPOLATION_START, dtype),
+                     jnp.asarray(1.0, dtype), (W, H, sigma, inf))
+
+
+@partial(jax.jit, static_argnames=("update_W", "inner_sweeps"))
+def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
+                         inner_sweeps=INNER_SWEEPS):
+    """``n_steps`` (traced) extrapolated HALS updates (every entry observed; exact block
+    coordinate descent on W and H with the ridge of their half-normal priors), each followed
+    by the noise scale's mode; then the exact loss of the best iterate. ``XT`` is X transposed
+    in memory: Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
+    scale_W, scale_H, scale_sigma = hyper
+    tiny = jnp.finfo(X.dtype).tiny
+    n_observed = jnp.asarray(X.size, X.dtype)
+    sq_norm = jnp.sum(X * X)
+
+    def step(_, state):
+        W, H, sigma, loss, H_y, beta, beta_max, best = state
+        var = sigma**2
+        if update_W:
+            W = _hals_sweeps(W, X @ H_y.T, H_y @ H_y.T, var / scale_W**2, inner_sweeps)
+        XtW, WtW = XT @ W, W.T @ W
+        H_new = _hals_sweeps(H_y.T, XtW, WtW, var / scale_H**2, inner_sweeps).T
+        # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over X
+        rss = residual_sq_norm(sq_norm, jnp.sum(H_new * XtW.T), WtW, H_new @ H_new.T)
+        sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
+        new_loss = _gaussian_neg_log_joint_from_rss(rss, n_observed, W, H_new, sigma, hyper)
+        rose = ~(new_loss <= loss)
+        H_y = jnp.where(rose, H_new, H_new + beta * (H_new - H))
+        beta, beta_max = (jnp.where(rose, beta / _SHRINK, jnp.minimum(beta_max, _GROW * beta)),
+                          jnp.where(rose, beta, jnp.minimum(1.0, _CAP_GROW * beta_max)))
+        better = new_loss < best[3]
+        best = tuple(jnp.where(better, new, old)
+                     for new, old in zip((W, H_new, sigma, new_loss), best))
+        return HalsState(W, H_new, sigma, new_loss, H_y, beta, beta_max, best)
+
+    state = lax.fori_loop(0, n_steps, step, state)
+    W, H, sigma, _ = state.best
+    return state, gaussian_neg_log_joint(W, H, sigma, X, None, hyper)[None]
 
 
 # ------------------------------------------------------------------------ generic (log space)
@@ -427,21 +497,28 @@ def fit_map(
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
         chunk = 10
 
-        # One transposed copy of X (same size as X) makes every Xᵀ W a row-major product.
-        XT = transposed(X) if full else None
+        if full:
+            # One transposed copy of X (same size as X) makes every Xᵀ W a row-major product.
+            XT = transposed(X)
 
-        def step_chunk(state, steps):
-            W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=steps,
-                                                   update_W=update_W, full=full, XT=XT,
-                                                   inner_sweeps=INNER_SWEEPS)
-            return (W, H, sigma), loss
+            def step_chunk(state, steps):
+                return _gaussian_hals_chunk(state, X, XT, hyper, n_steps=steps,
+                                            update_W=update_W)
 
-        (W, H, sigma), losses, iterations, converged = run_chunks(
-            step_chunk, (W_start, H_start, sigma), max_iter, chunk, tol, progress, "MAP",
-            exact_steps=True,
-        )
+            state = hals_state(W_start, H_start, sigma)
+        else:
+            def step_chunk(state, steps):
+                W, H, sigma, loss = _gaussian_mm_chunk(*state, X, M, hyper, n_steps=steps,
+                                                       update_W=update_W)
+                return (W, H, sigma), loss
+
+            state = (W_start, H_start, sigma)
+
+        state, losses, iterations, converged = run_chunks(
+            step_chunk, state, max_iter, chunk, tol, progress, "MAP", exact_steps=True)
+        W, H, sigma = state.best[:3] if full else state
         values = {"W": W, "H": H, "sigma": sigma}
-        algorithm, space = ("hals" if full else "masked-multiplicative-mm"), "constrained"
+        algorithm, space = ("extrapolated-hals" if full else "masked-multiplicative-mm"), "constrained"
     else:
         base = Problem(X, M, problem.rank, _likelihood_model(model), problem.W_fixed)
         start = fit_map(base, init=init, seed=seed, max_iter=200, tol=1e-4, progress=False,
