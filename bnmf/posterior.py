@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib.metadata import PackageNotFoundError, version
 
 import arviz as az
@@ -375,15 +375,13 @@ class Fit:
                 for name in posterior.data_vars}
         n_draws = flat["W"].shape[0]
         X = jnp.asarray(data.values, dtype=jax.dtypes.canonicalize_dtype(flat["W"].dtype))
-        per_draw = jax.jit(jax.vmap(
-            lambda site: model.log_likelihood(X, site["W"], site["H"], site)))
         chunk = max(1, max_chunk_entries // X.size)
         total = np.full(data.shape, -np.inf)
         with numerics():  # W H in full precision on every backend, as in the fit
             for start in range(0, n_draws, chunk):
                 sites = {name: jnp.asarray(value[start:start + chunk])
                          for name, value in flat.items()}
-                ll = np.asarray(per_draw(sites), dtype=np.float64)
+                ll = np.asarray(_log_likelihood_per_draw(model, X, sites), dtype=np.float64)
                 total = np.logaddexp(total, logsumexp(ll, axis=0))
         lpd = total - np.log(n_draws)
         return np.where(data.mask, lpd, np.nan)
@@ -398,6 +396,14 @@ class Fit:
         return (f"<bnmf.Fit model={self._attrs['model']!r} method={self.method!r} "
                 f"rank={self.rank} features={W.shape[2]} observations={self._draws('H').shape[3]} "
                 f"draws={self.num_draws}>")
+
+
+@partial(jax.jit, static_argnums=0)
+def _log_likelihood_per_draw(model, X, sites: dict):
+    """log p(X_ij | θ_s) of each draw, shape (draws, n_features, n_samples), for the stacked
+    draws ``sites`` (name → (draws, ...)). Compiled once per model and shapes: the model is a
+    frozen (hashable) dataclass, so every call on equal models and shapes reuses the program."""
+    return jax.vmap(lambda site: model.log_likelihood(X, site["W"], site["H"], site))(sites)
 
 
 def load(path) -> Fit:

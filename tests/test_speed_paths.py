@@ -428,6 +428,27 @@ def test_a_second_fit_of_the_same_shapes_compiles_nothing(caplog, model, method,
     assert compiled == []
 
 
+@pytest.mark.parametrize("model, method, options", [
+    (PoissonGamma(1.0, 1.0, 1.0), "map", {}), (GaussianHalfNormal(5.0, 5.0, 5.0), "map", {}),
+    (PoissonGamma(1.0, 1.0, 1.0), "cavi", {"num_draws": 20}),
+])
+def test_log_likelihood_compiles_once_per_model_and_shapes(caplog, model, method, options):
+    """Fit.log_likelihood compiles once per model and shapes: a second call, and a call on a
+    second fit of the same model and shapes (other data), compile nothing and score their
+    own fit."""
+    rng = np.random.default_rng(4)
+    X1, X2 = (rng.poisson(5.0, (23, 31)).astype(float) for _ in range(2))
+    first = bnmf.fit(X1, 3, model=model, method=method, max_iter=20, progress=False, **options)
+    second = bnmf.fit(X2, 3, model=model, method=method, max_iter=20, progress=False, **options)
+    lpd_first = first.log_likelihood()
+    compiled, again = compilations(caplog, first.log_likelihood)
+    assert compiled == [] and np.array_equal(again, lpd_first)
+    compiled, lpd = compilations(caplog, second.log_likelihood)
+    assert compiled == []
+    assert lpd.shape == X2.shape and np.all(np.isfinite(lpd))
+    assert not np.allclose(lpd, lpd_first)  # its own data and draws
+
+
 def compilations(caplog, call):
     """(the programs JAX compiles while ``call()`` runs, its result)."""
     jax.config.update("jax_log_compiles", True)
