@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import matplotlib
 
-__all__ = ["main"]
+__all__ = ["console", "enable_compilation_cache", "main"]
+
+_OFF = ("", "0", "off", "false", "no", "none")
+
+
+def enable_compilation_cache(environ=None) -> str | None:
+    """Turn on JAX's persistent compilation cache for this process; return its folder.
+
+    A command line run is a fresh process, which would compile every program again: with the
+    cache it compiles each one once per machine (``bnmf demo``: 31 s on the first run, 19 s
+    on later ones, on 2 CPU cores). Programs compiled with other JAX versions, devices or
+    flags are kept apart by JAX's cache key, and the results are the same with or without it.
+
+    The folder is ``$BNMF_CACHE_DIR``, else ``$XDG_CACHE_HOME/bnmf/jax``, else
+    ``~/.cache/bnmf/jax``; ``BNMF_CACHE_DIR=off`` turns the cache off. A cache folder already
+    configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is used as it is. The folder is not
+    pruned (the demo's programs take about 1 MB); deleting it only costs a recompilation.
+    """
+    import jax
+
+    environ = os.environ if environ is None else environ
+    setting = environ.get("BNMF_CACHE_DIR")
+    if setting is not None and setting.strip().lower() in _OFF:
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    home = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = str(Path(setting) if setting else home / "bnmf" / "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    # every program, not only those over JAX's default 1 s: a fit compiles many small ones
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
 
 
 def _summary(fit, top: int = 5) -> str:
@@ -261,5 +294,13 @@ def main(argv=None) -> int:
         return 2
 
 
+def console() -> int:
+    """The ``bnmf`` command: :func:`main` with JAX's persistent compilation cache on (see
+    :func:`enable_compilation_cache`). ``main`` itself leaves JAX's configuration alone, so
+    calling it from Python changes nothing for the caller."""
+    enable_compilation_cache()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -84,3 +84,44 @@ def test_demo_runs_on_bundled_data(tmp_path, capsys):
     top = {fit.W[k].idxmax() for k in fit.W.columns}
     assert top & {"T[C>T]A", "T[C>T]T", "T[C>G]A", "T[C>G]T"}
     assert (out / "signatures.png").stat().st_size > 10_000
+
+
+def _command(args, cache, tmp_path):
+    """Run ``python -m bnmf.cli ARGS`` (the ``bnmf`` command) with BNMF_CACHE_DIR=cache."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env["BNMF_CACHE_DIR"] = str(cache)
+    done = subprocess.run([sys.executable, "-m", "bnmf.cli", *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_command_compiles_each_program_once_per_machine(tmp_path, counts):
+    """The command keeps JAX's compiled programs in BNMF_CACHE_DIR: a second run finds every
+    program there (writes no new one), and the results equal those of a run without it."""
+    data = tmp_path / "X.csv"
+    counts.to_csv(data)
+    cache = tmp_path / "cache"
+    fit = ["fit", str(data), "--rank", "2", "--method", "map", "--out"]
+    _command([*fit, "first.nc"], cache, tmp_path)
+    written = sorted(p.name for p in cache.iterdir())
+    assert any("poisson_mm" in name for name in written)  # the MAP updates' program
+    _command([*fit, "second.nc"], cache, tmp_path)
+    assert sorted(p.name for p in cache.iterdir()) == written
+    _command([*fit, "uncached.nc"], "off", tmp_path)
+    assert not (tmp_path / "off").exists()
+    W = [pd.read_csv(tmp_path / f"{name}_W.csv", index_col=0)
+         for name in ("first", "second", "uncached")]
+    pd.testing.assert_frame_equal(W[0], W[1])
+    pd.testing.assert_frame_equal(W[0], W[2])
+
+
+def test_compilation_cache_can_be_turned_off():
+    from bnmf.cli import enable_compilation_cache
+
+    for value in ("off", "0", "", "None"):
+        assert enable_compilation_cache({"BNMF_CACHE_DIR": value}) is None
