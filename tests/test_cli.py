@@ -1,5 +1,7 @@
 """The command line: bnmf fit on files of each format, bnmf demo, and errors."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,6 +96,9 @@ def _command(args, cache, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env["BNMF_CACHE_DIR"] = str(cache)
+    # the bnmf under test, not another one installed in the environment
+    root = str(Path(bnmf.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
     done = subprocess.run([sys.executable, "-m", "bnmf.cli", *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
