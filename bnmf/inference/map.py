@@ -223,10 +223,14 @@ def _hals_columns(W, XHt, HHt, ridge):
 
 
 # HALS sweeps per factor and update, from the same products (Gillis & Glineur 2012,
-# "accelerated HALS"): a sweep costs O(n k²) against O(n m k) for the products, and measured to
-# scikit-learn's final CD objective, 2 sweeps need 30 updates instead of 50 at 5,000 × 5,000
-# (rank 20) and 1,000 × 3,000 (rank 10), 45 instead of 50 at 96 × 2,000; 3 or more gain nothing.
-INNER_SWEEPS = 2
+# "accelerated HALS"): a sweep costs O(n k²) against O(n m k) for the products (measured: 3
+# sweeps cost the same per update as 2 at 5,000 × 5,000, 1,000 × 3,000 and 96 × 2,000). Updates
+# to scikit-learn's final CD objective from NNDSVDa at 5,000 × 5,000 (rank 20), 1,000 × 3,000
+# (10), 96 × 2,000 (10), 500 × 500 (8) and 2,000 × 1,000 (15), with the extrapolation below:
+# 19 / 20 / 23 / 25 / 18 with 3 sweeps, 26 / 25 / 32 / 24 / 26 with 2, 55–67 with 1; 4 to 6
+# sweeps gain nothing more. Without extrapolation: 28 / 34 / 46 / 60 / 26 with 3 sweeps,
+# 36 / 43 / 46 / 47 / 38 with 2.
+INNER_SWEEPS = 3
 
 
 def _hals_sweeps(W, XHt, HHt, ridge, n_sweeps: int):
@@ -268,10 +272,8 @@ def _gaussian_mm_chunk(W, H, sigma, X, M, hyper, *, n_steps, update_W):
 # 31:417, "Accelerating nonnegative matrix factorization algorithms using extrapolation"): the W
 # update starts from, and is fitted to, H_y = H + β (H − H_previous); β grows by _GROW while the
 # objective falls, and on a rise H_y restarts at H and β shrinks by _SHRINK, capped by the β
-# that last failed (the cap itself grows by _CAP_GROW). Measured to scikit-learn's final CD
-# objective from the same NNDSVDa start (2 inner sweeps): 26 / 25 / 32 / 23 updates instead of
-# 36 / 43 / 46 / 47 at 5,000 × 5,000 (rank 20), 1,000 × 3,000 (10), 96 × 2,000 (10) and
-# 500 × 500 (8); extrapolating W too, or starting from β = 0.1 or 0.5, needed more.
+# that last failed (the cap itself grows by _CAP_GROW). Updates needed: see INNER_SWEEPS; with
+# 2 sweeps, extrapolating W too or starting from β = 0.1 or 0.5 needed more.
 _EXTRAPOLATION_START, _SHRINK, _GROW, _CAP_GROW = 0.25, 2.0, 1.05, 1.01
 
 
