@@ -592,6 +592,7 @@ def test_entry_points_compute_matrix_products_in_full_precision(monkeypatch):
         model_class = type(fit.model)
         monkeypatch.setattr(model_class, "log_likelihood",
                             _precision_recorder(calls, model_class.log_likelihood))
+        bnmf.posterior._log_likelihood_per_draw.clear_cache()  # trace it here, whatever ran before
         fit.log_likelihood()
     assert len(calls) == 3 and set(calls) == {"highest"}
     assert jax.config.jax_default_matmul_precision == callers_setting  # restored afterwards
