@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -24,8 +25,10 @@ def enable_compilation_cache(environ=None) -> str | None:
 
     The folder is ``$BNMF_CACHE_DIR``, else ``$XDG_CACHE_HOME/bnmf/jax``, else
     ``~/.cache/bnmf/jax``; ``BNMF_CACHE_DIR=off`` turns the cache off. A cache folder already
-    configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is used as it is. The folder is not
-    pruned (the demo's programs take about 1 MB); deleting it only costs a recompilation.
+    configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is used as it is. A folder that cannot
+    be created or written gives one warning, and the command runs without a cache. The folder
+    is not pruned (the demo's programs take about 1 MB); deleting it only costs a
+    recompilation.
     """
     import jax
 
@@ -36,7 +39,18 @@ def enable_compilation_cache(environ=None) -> str | None:
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     home = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = str(Path(setting) if setting else home / "bnmf" / "jax")
+    folder = Path(setting) if setting else home / "bnmf" / "jax"
+    try:  # an unusable folder: one clear warning, not one from JAX per program
+        folder.mkdir(parents=True, exist_ok=True)
+        usable = os.access(folder, os.W_OK)
+    except OSError:
+        usable = False
+    if not usable:
+        warnings.warn(f"bnmf: cannot write the compilation cache folder {folder}; running "
+                      "without it (set BNMF_CACHE_DIR to a writable folder, or to 'off').",
+                      stacklevel=2)
+        return None
+    folder = str(folder)
     jax.config.update("jax_compilation_cache_dir", folder)
     # every program, not only those over JAX's default 1 s: a fit compiles many small ones
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

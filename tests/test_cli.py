@@ -130,3 +130,15 @@ def test_compilation_cache_can_be_turned_off():
 
     for value in ("off", "0", "", "None"):
         assert enable_compilation_cache({"BNMF_CACHE_DIR": value}) is None
+
+
+def test_unusable_compilation_cache_folder_warns_once_and_runs_without_it(tmp_path):
+    import jax
+
+    from bnmf.cli import enable_compilation_cache
+
+    (tmp_path / "a_file").write_text("")
+    before = jax.config.jax_compilation_cache_dir
+    with pytest.warns(UserWarning, match="cannot write the compilation cache folder"):
+        assert enable_compilation_cache({"BNMF_CACHE_DIR": str(tmp_path / "a_file" / "sub")}) is None
+    assert jax.config.jax_compilation_cache_dir == before  # JAX's configuration untouched
