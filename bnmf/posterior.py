@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
 import arviz as az
@@ -398,11 +398,12 @@ class Fit:
                 f"draws={self.num_draws}>")
 
 
-@partial(jax.jit, static_argnums=0)
+@jax.jit
 def _log_likelihood_per_draw(model, X, sites: dict):
     """log p(X_ij | θ_s) of each draw, shape (draws, n_features, n_samples), for the stacked
-    draws ``sites`` (name → (draws, ...)). Compiled once per model and shapes: the model is a
-    frozen (hashable) dataclass, so every call on equal models and shapes reuses the program."""
+    draws ``sites`` (name → (draws, ...)). Compiled once per kind of model and shapes: the
+    model is a pytree of its hyperparameters (:func:`bnmf.models.base.hyperparameter_pytree`),
+    so fits of other data, whose scales differ, reuse the program."""
     return jax.vmap(lambda site: model.log_likelihood(X, site["W"], site["H"], site))(sites)
 
 

@@ -431,10 +431,11 @@ def test_a_second_fit_of_the_same_shapes_compiles_nothing(caplog, model, method,
 @pytest.mark.parametrize("model, method, options", [
     (PoissonGamma(1.0, 1.0, 1.0), "map", {}), (GaussianHalfNormal(5.0, 5.0, 5.0), "map", {}),
     (PoissonGamma(1.0, 1.0, 1.0), "cavi", {"num_draws": 20}),
+    ("gaussian", "map", {}),  # hyperparameters from the data: they differ between the fits
 ])
 def test_log_likelihood_compiles_once_per_model_and_shapes(caplog, model, method, options):
-    """Fit.log_likelihood compiles once per model and shapes: a second call, and a call on a
-    second fit of the same model and shapes (other data), compile nothing and score their
+    """Fit.log_likelihood compiles once per kind of model and shapes: a second call, and a
+    call on a second fit of the same shapes (other data), compile nothing and score their
     own fit."""
     rng = np.random.default_rng(4)
     X1, X2 = (rng.poisson(5.0, (23, 31)).astype(float) for _ in range(2))
@@ -538,29 +539,40 @@ def test_log_factorial_sum_equals_the_sum_of_log_factorials(masked, fractional):
         np.testing.assert_allclose(blocked, whole)
 
 
-@pytest.mark.parametrize("kind", ["poisson", "gaussian"])
-def test_a_second_batch_of_restarts_of_the_same_shapes_compiles_nothing(caplog, kind):
-    """fit_map_batch (rank selection's restarts) reuses its compiled chunk across calls."""
+@pytest.mark.parametrize("kind, method", [("poisson", "map"), ("gaussian", "map"),
+                                          ("gaussian", "svi")])
+def test_a_second_batch_of_restarts_of_the_same_shapes_compiles_nothing(caplog, kind, method):
+    """fit_map_batch and fit_svi_batch (rank selection's restarts) reuse their compiled
+    programs across calls: other data (other empirical-Bayes scales), masks and seeds."""
     from bnmf.data import prepare
-    from bnmf.inference.batch import batch_starts, fit_map_batch
+    from bnmf.inference.batch import batch_starts, fit_map_batch, fit_svi_batch, keys_for
     from bnmf.inference.common import to_device
 
-    rng = np.random.default_rng(4)
     model = PoissonGamma() if kind == "poisson" else GaussianHalfNormal()
 
     def run(seed):
-        X = rng.poisson(5.0, (23, 31)).astype(float)
+        rng = np.random.default_rng(seed)
+        X = (1 + seed) * rng.poisson(5.0, (23, 31)).astype(float)
         data = prepare(X, counts=kind == "poisson")
         masks = rng.uniform(size=(3, 23, 31)) > 0.2
         W0, H0 = batch_starts(data.values, masks, 3, ["random"] * 3, [seed] * 3, np.float32)
-        fit = fit_map_batch(to_device(data.values, np.float32), to_device(masks, bool), 3,
-                            model.resolve(data, 3), W0, H0, max_iter=20, tol=0.0)
+        args = (to_device(data.values, np.float32), to_device(masks, bool), 3,
+                model.resolve(data, 3), W0, H0)
+        if method == "map":
+            fit = fit_map_batch(*args, max_iter=20, tol=0.0)
+        else:
+            fit = fit_svi_batch(*args, keys_for([seed] * 3), max_steps=200, min_steps=200,
+                                map_iter=20)
         return np.asarray(fit.values["W"])
 
     run(0)
     compiled, W = compilations(caplog, lambda: run(1))
     assert compiled == []
     assert np.all(np.isfinite(W)) and W.shape == (3, 23, 3)
+    if method == "svi":  # the reused programs give what programs compiled afresh give
+        jax.clear_caches()
+        bnmf.inference.batch._svi_batch_programs.cache_clear()
+        np.testing.assert_array_equal(run(1), W)
 
 
 def _precision_recorder(calls: list, function):
@@ -600,19 +612,32 @@ def test_entry_points_compute_matrix_products_in_full_precision(monkeypatch):
 
 @pytest.mark.parametrize("model, method, options", [
     ("poisson", "svi", {"max_steps": 200, "min_steps": 100, "num_draws": 20}),
+    ("gaussian", "svi", {"max_steps": 200, "min_steps": 100, "num_draws": 20}),
     ("horseshoe", "map", {"max_iter": 100, "init": "random"}),
+    ("gaussian", "nuts", {"num_warmup": 50, "num_samples": 50}),
 ])
-def test_a_second_fit_with_the_same_model_and_shapes_compiles_nothing(caplog, model, method,
-                                                                      options):
-    """SVI and Adam MAP embed the resolved model's hyperparameters in their programs; a second
-    fit with the same model and shapes (here: the same data, another seed) reuses them."""
+def test_a_fit_of_other_data_with_the_same_shapes_compiles_nothing(caplog, model, method,
+                                                                   options):
+    """SVI, Adam MAP and NUTS take the resolved model's hyperparameters as arguments of their
+    programs: a fit of other data (other empirical-Bayes scales) with the same shapes reuses
+    them, and gives what a fit compiled afresh for that data gives."""
     rng = np.random.default_rng(8)
-    X = rng.poisson(5.0, (23, 31)).astype(float)
-    first = bnmf.fit(X, 3, model=model, method=method, seed=0, progress=False, **options)
-    compiled, second = compilations(caplog, lambda: bnmf.fit(
-        X, 3, model=model, method=method, seed=1, progress=False, **options))
+    X1 = rng.poisson(5.0, (23, 31)).astype(float)
+    X2 = 3.0 * rng.poisson(5.0, (23, 31)).astype(float)  # three times the scale
+    run = lambda X: bnmf.fit(X, 3, model=model, method=method, seed=1,  # noqa: E731
+                             progress=False, **options)
+    first = run(X1)
+    compiled, second = compilations(caplog, lambda: run(X2))
     assert compiled == []
-    assert not np.array_equal(first.losses, second.losses)  # another seed, another run
+    assert second.idata.posterior.attrs["model_params"] != first.idata.posterior.attrs[
+        "model_params"]
+    jax.clear_caches()
+    for cached in (bnmf.inference.svi._svi_programs, bnmf.inference.map._adam_map_programs,
+                   bnmf.inference.nuts._nuts_chain_program):
+        cached.cache_clear()
+    afresh = run(X2)
+    np.testing.assert_array_equal(second.losses, afresh.losses)
+    np.testing.assert_array_equal(second.W, afresh.W)
 
 
 def test_sparse_input_with_duplicate_unsorted_entries_fits_as_their_sum():

@@ -20,7 +20,7 @@ Differences from the single fits, and why:
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -37,6 +37,8 @@ from .common import (
     RawPosterior,
     floor_positive,
     key_from_seed,
+    layout_unravel,
+    site_layout,
     starting_point,
     to_bnmf_layout,
     to_device,
@@ -253,45 +255,60 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
     start = fit_map_batch(X, masks, rank, model, W0, H0, max_iter=map_iter, tol=1e-5)
     init_values = _svi_init_values(model, start, X, masks)
-    first = jax.tree.map(lambda v: v[0], init_values)
-    _, unravel = ravel_pytree(jax.tree.map(jnp.log, first))
+    chunk = 100
+    optimizer, unravel, batched_chunk, elbo_estimate, sampler = _svi_batch_programs(
+        jax.tree.structure(model), rank, site_layout(jax.tree.map(lambda v: v[0], init_values)),
+        num_particles, float(learning_rate), max_steps, elbo_particles, chunk)
     locs = jax.vmap(lambda v: ravel_pytree(jax.tree.map(jnp.log, v))[0])(init_values)
     key_guide, key_steps, key_elbo = (jnp.stack(k) for k in zip(*(
         jax.random.split(k, 3) for k in keys)))
     params = jax.vmap(lambda loc, k: _guide_init(guide, loc, init_scale, guide_rank, k))(
         locs, key_guide)
-    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
-
-    def loss(params, key, mask):
-        return neg_elbo(params, key, Problem(X, mask, rank, model), unravel, num_particles)
-
-    chunk = 100
-
-    batched_chunk = jax.jit(jax.vmap(averaged_chunk(loss, optimizer, chunk)))
     state = (params, jax.vmap(optimizer.init)(params), key_steps, params)
     # Polyak averaging as in fit_svi: the chunk's average iterate is the result.
     (_, _, _, params), losses, iterations, converged = _run_batched(
-        lambda s: batched_chunk(s, masks), state, max_steps, chunk, tol, noisy=True,
+        lambda s: batched_chunk(s, masks, X, model), state, max_steps, chunk, tol, noisy=True,
         min_iter=min(min_steps, max_steps))
 
-    @jax.jit
-    @jax.vmap
-    def elbo_estimate(params, key, mask):
-        keys = jax.random.split(key, elbo_particles)
-        return -lax.map(lambda k: loss(params, k, mask), keys).mean()
-
-    elbo = np.asarray(elbo_estimate(params, key_elbo, masks), dtype=np.float64)
+    elbo = np.asarray(elbo_estimate(params, key_elbo, masks, X, model), dtype=np.float64)
     medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])
     values = {name: np.asarray(v) for name, v in medians.items()}
     values["H"] = np.swapaxes(values["H"], -1, -2)
+    return BatchFit(values=values, losses=losses, elbo=elbo, converged=converged,
+                    iterations=iterations, guide=jax.tree.map(np.asarray, params),
+                    unravel=unravel, sampler=sampler)
+
+
+@lru_cache(maxsize=16)
+def _svi_batch_programs(model_structure, rank: int, layout: tuple, num_particles: int,
+                        learning_rate: float, max_steps: int, elbo_particles: int, chunk: int):
+    """The optimizer, ``unravel`` and compiled programs of :func:`fit_svi_batch` for one kind
+    of model (``jax.tree.structure`` of the resolved model), member site layout and set of
+    options: ``batched_chunk(state, masks, X, model)``, ``elbo_estimate(params, keys, masks,
+    X, model)`` and ``sampler(member_params, keys)``. The data and hyperparameters are
+    arguments, so another batch of the same shapes (other data, other masks) reuses them."""
+    del model_structure  # the cache key: the programs are traced for one model structure
+    unravel = layout_unravel(layout)
+    optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
+
+    def loss(params, key, mask, X, model):
+        return neg_elbo(params, key, Problem(X, mask, rank, model), unravel, num_particles)
+
+    batched_chunk = jax.jit(jax.vmap(averaged_chunk(loss, optimizer, chunk),
+                                     in_axes=(0, 0, None, None)))
+
+    @jax.jit
+    @partial(jax.vmap, in_axes=(0, 0, 0, None, None))
+    def elbo_estimate(params, key, mask, X, model):
+        keys = jax.random.split(key, elbo_particles)
+        return -lax.map(lambda k: loss(params, k, mask, X, model), keys).mean()
+
     @jax.jit
     def sampler(member_params, keys):
         return jax.vmap(lambda k: jax.tree.map(
             jnp.exp, unravel(_guide_sample(member_params, k))))(keys)
 
-    return BatchFit(values=values, losses=losses, elbo=elbo, converged=converged,
-                    iterations=iterations, guide=jax.tree.map(np.asarray, params),
-                    unravel=unravel, sampler=sampler)
+    return optimizer, unravel, batched_chunk, elbo_estimate, sampler
 
 
 def member_raw(batch: BatchFit, index: int, problem: Problem, *, seed: int = 0,

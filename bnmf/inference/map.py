@@ -353,18 +353,21 @@ FACTOR_SITES = ("W", "H")  # sites whose mode the generic MAP takes in the const
 
 
 @lru_cache(maxsize=16)
-def _adam_map_programs(model, rank: int, layout: tuple, learning_rate: float, chunk: int):
-    """(optimizer, unravel, compiled ``step_chunk(carry, X, mask, W_fixed)``) of
-    :func:`_generic_map` for one resolved model, site layout and step size. The data are
-    arguments, not constants of a closure, so a later fit with the same model and shapes
-    reuses the compiled chunk."""
+def _adam_map_programs(model_structure, rank: int, layout: tuple, learning_rate: float,
+                       chunk: int):
+    """(optimizer, unravel, compiled ``step_chunk(carry, X, mask, W_fixed, model)``) of
+    :func:`_generic_map` for one kind of model (``jax.tree.structure`` of the resolved model),
+    site layout and step size. The data and the model's hyperparameters are arguments, not
+    constants of a closure, so a later fit with the same kind of model and shapes (other data
+    too) reuses the compiled chunk."""
+    del model_structure  # the cache key: the chunk is traced for one model structure
     unravel = layout_unravel(layout)
     optimizer = optax.adam(learning_rate)
     dtype = jnp.dtype(layout[0][2])
     u_bound = -0.45 * float(np.log(np.finfo(dtype).tiny))
 
     @jax.jit
-    def step_chunk(carry, X, mask, W_fixed):
+    def step_chunk(carry, X, mask, W_fixed, model):
         problem = Problem(X, mask, rank, model, W_fixed)
         loss_fn = lambda u: -log_joint_unconstrained(  # noqa: E731
             problem, unravel, u, constrained_sites=FACTOR_SITES)
@@ -390,8 +393,9 @@ def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, l
     u0 = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
     chunk = 50
     optimizer, unravel, step_chunk = _adam_map_programs(
-        problem.model, problem.rank, site_layout(init_values), float(learning_rate), chunk)
-    data = (problem.X, problem.mask, problem.W_fixed)
+        jax.tree.structure(problem.model), problem.rank, site_layout(init_values),
+        float(learning_rate), chunk)
+    data = (problem.X, problem.mask, problem.W_fixed, problem.model)
     (u, _), losses, iterations, converged = run_chunks(
         lambda carry: step_chunk(carry, *data), (u0, optimizer.init(u0)), max_iter, chunk, tol,
         progress, "MAP (Adam)"

@@ -9,12 +9,50 @@ plate and exposed everywhere else as (rank, n_samples). The likelihood sits in t
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 
+import jax
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
 from ..data import Data
+
+
+def _is_hyperparameter_value(value) -> bool:
+    """A number (or a traced scalar standing for one); bools, strings and None are not."""
+    return (isinstance(value, (numbers.Real, np.ndarray, np.generic, jax.Array))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def hyperparameter_pytree(cls):
+    """Register a frozen-dataclass model as a JAX pytree: its numeric hyperparameters are the
+    leaves, its other fields (likelihood names, flags, unset ``None`` scales) the static part.
+
+    A compiled program then takes the model as an argument instead of baking its numbers in,
+    so data whose empirical-Bayes scales differ (every new data set) reuse one compilation;
+    ``jax.tree.structure(model)`` is the key under which such programs are cached.
+    """
+    names = tuple(field.name for field in dataclasses.fields(cls))
+
+    def flatten(model):
+        numeric = tuple(name for name in names
+                        if _is_hyperparameter_value(getattr(model, name)))
+        static = tuple((name, getattr(model, name)) for name in names if name not in numeric)
+        return tuple(getattr(model, name) for name in numeric), (numeric, static)
+
+    def unflatten(aux, leaves):
+        numeric, static = aux
+        # without __init__: its validation cannot compare traced values
+        model = object.__new__(cls)
+        for name, value in (*zip(numeric, leaves), *static):
+            object.__setattr__(model, name, value)
+        return model
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+    return cls
 
 
 def observed_mean(data: Data) -> float:

@@ -13,7 +13,7 @@ import numpyro.distributions as dist
 from jax.scipy.stats import norm
 
 from ..data import Data
-from .base import balanced_mean, observe, observed_std, sample_H, sample_W
+from .base import balanced_mean, hyperparameter_pytree, observe, observed_std, sample_H, sample_W
 
 
 def gaussian_log_likelihood(X, W, H, sigma):
@@ -54,6 +54,7 @@ def half_normal_scale_for_mean(mean: float) -> float:
     return mean * math.sqrt(math.pi / 2.0)
 
 
+@hyperparameter_pytree
 @dataclass(frozen=True)
 class GaussianHalfNormal:
     r"""Gaussian NMF with half-normal priors.

@@ -10,7 +10,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from ..data import Data
-from .base import balanced_mean, observe, observed_std, sample_H, sample_W
+from .base import balanced_mean, hyperparameter_pytree, observe, observed_std, sample_H, sample_W
 from .gaussian import gaussian_log_likelihood, half_normal_scale_for_mean, rms_residual
 from .poisson import poisson_log_likelihood, poisson_rate
 
@@ -40,6 +40,7 @@ def _sample_horseshoe_scales(suffix: str, plate: str, size: int, rank: int, glob
     return regularized_scale(tau, lam, c2)
 
 
+@hyperparameter_pytree
 @dataclass(frozen=True)
 class Horseshoe:
     r"""Sparse NMF with regularized-horseshoe priors on ``W`` (and optionally ``H``).

@@ -10,7 +10,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import gammaln
 
 from ..data import Data
-from .base import balanced_mean, observe, sample_H, sample_W
+from .base import balanced_mean, hyperparameter_pytree, observe, sample_H, sample_W
 
 
 def poisson_rate(W, H):
@@ -25,6 +25,7 @@ def poisson_log_likelihood(X, W, H):
     return X * jnp.log(rate) - rate - gammaln(X + 1.0)
 
 
+@hyperparameter_pytree
 @dataclass(frozen=True)
 class PoissonGamma:
     r"""Poisson–gamma NMF for counts.
