@@ -12,7 +12,9 @@ Differences from the single fits, and why:
 
 * every member runs the masked updates (``full=False``): members differ in their masks, and
   one program serves them all (for Poisson the masked update equals the full one on a full
-  mask; for Gaussian it is the masked multiplicative MM instead of HALS, same objective);
+  mask; for Gaussian it is the masked multiplicative MM instead of HALS, same objective;
+  and Poisson members start without :func:`~bnmf.inference.map.fit_map`'s least-squares
+  warm-up, which needs fully observed X, as a masked single fit does);
 * the batch stops when every member has converged (members that converged earlier keep
   stepping, which does not hurt an MM or a converged SVI).
 """

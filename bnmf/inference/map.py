@@ -8,7 +8,9 @@ Which mode is found (a MAP depends on the parameterisation):
   Févotte & Idier 2011), and ridge-penalised HALS with extrapolation of H (Ang & Gillis
   2019; masked multiplicative updates when entries are missing) with an exact noise update for
   Gaussian. The extrapolated sequence is not monotone itself: the best iterate is kept and
-  returned, so the reported losses never rise.
+  returned, so the reported losses never rise. On dense, fully observed counts the Poisson
+  updates start from a least-squares warm-up (a few of the same HALS updates on ½‖X − WH‖²),
+  which is near the KL optimum and which multiplicative updates alone approach slowly.
 * ``poisson`` with shape ``a`` < 1: the gamma density is unbounded at 0, so no constrained mode
   exists. The mode is taken over log W and log H instead (the Jacobian adds 1 to the shape).
 * every other model (``horseshoe``): the mode of the density of W and H in the constrained
@@ -309,13 +311,14 @@ def hals_state(W, H, sigma) -> HalsState:
                      jnp.asarray(1.0, dtype), (W, H, sigma, inf))
 
 
-@partial(jax.jit, static_argnames=("update_W", "inner_sweeps"))
+@partial(jax.jit, static_argnames=("update_W", "inner_sweeps", "with_loss"))
 def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
-                         inner_sweeps=INNER_SWEEPS):
+                         inner_sweeps=INNER_SWEEPS, with_loss=True):
     """``n_steps`` (traced) extrapolated HALS updates (every entry observed; exact block
     coordinate descent on W and H with the ridge of their half-normal priors), each followed
-    by the noise scale's mode; then the exact loss of the best iterate. ``XT`` is X transposed
-    in memory: Xᵀ W from a row-major Xᵀ is about 2x faster than from X on CPU."""
+    by the noise scale's mode; then the exact loss of the best iterate (None without
+    ``with_loss``: it costs a pass over X). ``XT`` is X transposed in memory: Xᵀ W from a
+    row-major Xᵀ is about 2x faster than from X on CPU."""
     scale_W, scale_H, scale_sigma = hyper
     tiny = jnp.finfo(X.dtype).tiny
     n_observed = jnp.asarray(X.size, X.dtype)
@@ -344,8 +347,58 @@ def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
         return HalsState(W, H_new, sigma, new_loss, H_y, beta, beta_max, best)
 
     state = lax.fori_loop(0, n_steps, step, state)
+    if not with_loss:
+        return state, None
     W, H, sigma, _ = state.best
     return state, gaussian_neg_log_joint(W, H, sigma, X, None, hyper)[None]
+
+
+# -------------------------------------------------------------- least-squares warm-up (Poisson)
+# HALS updates of the least-squares objective before the Poisson MM updates. For counts the
+# least-squares NMF lies near the KL one, and extrapolated HALS gets there in a few updates
+# where multiplicative updates crawl: from NNDSVDa, scikit-learn's final KL objective (MU, 200
+# iterations) is reached after 109 over-relaxed MM updates at 96 × 2,000 (rank 10) and 110 at
+# 2,000 × 10,000 (rank 12), but after 10 HALS + 8 MM and 10 HALS + 0 MM updates; with low counts
+# (500 × 2,000, mean 0.36, 73% zeros) after 10 HALS + 52 MM instead of 76 MM.
+LEAST_SQUARES_WARMUP = 20
+# HALS sets entries to exactly 0, where multiplicative updates would hold them (and log-space
+# updates cannot start): they are raised to this fraction of their factor's mean.
+_WARMUP_FLOOR = 1e-6
+_FLAT_SCALE = 1e10  # half-normal scales of the warm-up: a negligible ridge, plain least squares
+
+
+def least_squares_warmup(X, W, H, n_updates: int, update_W: bool = True):
+    """W (n_features, rank), H (rank, n_samples) after ``n_updates`` extrapolated HALS updates
+    of ½‖X − W H‖² (every entry of the dense X observed) from W, H; entries floored at
+    ``_WARMUP_FLOOR`` × their factor's mean so that multiplicative updates can move them. With
+    ``update_W`` False only H moves. The start of the Poisson MM updates (see
+    ``LEAST_SQUARES_WARMUP``)."""
+    if n_updates <= 0:
+        return W, H
+    hyper = to_device([_FLAT_SCALE] * 3, X.dtype)
+    state = hals_state(W, H, 1.0)  # σ only scales the negligible ridge; each update sets it
+    state, _ = _gaussian_hals_chunk(state, X, transposed(X), hyper, n_steps=n_updates,
+                                    update_W=update_W, with_loss=False)
+    W_ls, H_ls = state.best[:2]
+    return (floor_positive(W_ls, _WARMUP_FLOOR) if update_W else W,
+            floor_positive(H_ls, _WARMUP_FLOOR))
+
+
+def check_warmup(warmup) -> int:
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}.")
+    return int(warmup)
+
+
+def warmed_start(problem: Problem, W, H, warmup: int):
+    """(W, H, updates run): :func:`least_squares_warmup` of the start W, H where it applies,
+    the Poisson–gamma model on dense, fully observed X (sparse X keeps its O(nnz) updates, a
+    mask the masked ones); elsewhere W, H unchanged and 0."""
+    if not (isinstance(problem.model, PoissonGamma) and not problem.sparse
+            and problem.fully_observed):
+        return W, H, 0
+    W, H = least_squares_warmup(problem.X, W, H, warmup, problem.W_fixed is None)
+    return W, H, warmup
 
 
 # ------------------------------------------------------------------------ generic (log space)
@@ -452,6 +505,7 @@ def fit_map(
     W_start=None,
     H_start=None,
     devices: int | None = None,
+    warmup: int = LEAST_SQUARES_WARMUP,
 ) -> RawPosterior:
     """MAP estimate of W and H (and the model's other sites).
 
@@ -471,6 +525,11 @@ def fit_map(
     devices : int, optional
         Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
         the number of samples). Same result as one device, to float rounding.
+    warmup : int
+        ``poisson`` with dense, fully observed X: the MM updates start after this many
+        extrapolated HALS updates of the least-squares objective from the starting point
+        (:func:`least_squares_warmup`; not for ``W_start``/``H_start`` given, nor for sparse
+        or masked X); 0 turns it off. ``info["least_squares_warmup"]`` says how many ran.
 
     Returns
     -------
@@ -478,7 +537,9 @@ def fit_map(
     """
     model = problem.model
     extra_info = {}
-    if W_start is None or H_start is None:
+    warmup = check_warmup(warmup)
+    started_here = W_start is None or H_start is None
+    if started_here:
         W_start, H_start = map_start(problem, init, seed)
     problem, W_start, H_start = shard_problem(problem, W_start, H_start, devices)
     X, M = problem.X, problem.mask
@@ -494,6 +555,8 @@ def fit_map(
         counts = poisson_counts(problem)
         log_factorials = to_device(log_factorial_sum(counts), X.dtype)
         chunk = 10
+        W_start, H_start, warmup = warmed_start(problem, W_start, H_start,
+                                                warmup if started_here else 0)
 
         step_chunk = RelaxedChunks(partial(
             _poisson_mm_counts_chunk, counts=counts, hyper=hyper, log_factorials=log_factorials,
@@ -506,7 +569,8 @@ def fit_map(
         values = {"W": W, "H": H}
         algorithm, space = "multiplicative-mm", "log" if log_space else "constrained"
         extra_info = {"relaxation": RELAXATION,
-                      "relaxation_fell_back": bool(step_chunk.fell_back)}
+                      "relaxation_fell_back": bool(step_chunk.fell_back),
+                      "least_squares_warmup": warmup}
     elif isinstance(model, GaussianHalfNormal):
         hyper = to_device([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
         sigma = model.init_extras(W_start, H_start, X, M)["sigma"]
