@@ -755,10 +755,10 @@ class TestFitAccept:
     def test_sparse_fit_equals_dense(self, fmt):
         X = counts((6, 5))
         X[X < 3] = 0
-        dense = bnmf.fit(X, 2, method="map", max_iter=20, warmup=0)
-        sparse = bnmf.fit(sp.coo_matrix(X).asformat(fmt), 2, method="map", max_iter=20)
-        # Sparse counts take the O(nnz) path: the same updates, summed in another order (and
-        # without the dense fit's least-squares warm-up, hence warmup=0 above).
+        dense = bnmf.fit(X, 2, method="map", max_iter=20, dtype="float64")
+        sparse = bnmf.fit(sp.coo_matrix(X).asformat(fmt), 2, method="map", max_iter=20,
+                          dtype="float64")
+        # Sparse counts take the O(nnz) path: the same updates, summed in another order.
         np.testing.assert_allclose(np.asarray(sparse.W), np.asarray(dense.W), rtol=1e-4,
                                    atol=1e-6)
         np.testing.assert_allclose(np.asarray(sparse.H), np.asarray(dense.H), rtol=1e-4,

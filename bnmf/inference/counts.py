@@ -328,6 +328,24 @@ def _segment_ratio_products(seg: Segments, A, B, n_owners: int):
                                indices_are_sorted=True)
 
 
+def _segment_products(seg: Segments, B, n_owners: int):
+    """X Bᵀ over the entries of ``seg`` (B (rank, m) indexed by the segments' other axis),
+    shape (n_owners, rank)."""
+    per_segment = jnp.einsum("sw,swk->sk", seg.values, _materialized(B).T[seg.index])
+    return jax.ops.segment_sum(per_segment, seg.owner, num_segments=n_owners,
+                               indices_are_sorted=True)
+
+
+def product_right(c: SparseCounts, B):
+    """X Bᵀ of the sparse counts, shape (n_features, rank), in O(nnz · rank)."""
+    return _segment_products(c.by_row, B, c.shape[0])
+
+
+def product_left(c: SparseCounts, A):
+    """Xᵀ A of the sparse counts, shape (n_samples, rank), in O(nnz · rank)."""
+    return _segment_products(c.by_col, A.T, c.shape[1])
+
+
 def ratio_right(c, A, B):
     """(M ∘ X / AB) Bᵀ, shape (n_features, rank)."""
     if isinstance(c, DenseCounts):

@@ -53,9 +53,12 @@ from .common import (
 )
 from .counts import (
     DenseCounts,
+    SparseCounts,
     log_factorial_sum,
     mask_left,
     mask_right,
+    product_left,
+    product_right,
     ratio_left,
     ratio_right,
     sum_rate,
@@ -311,26 +314,23 @@ def hals_state(W, H, sigma) -> HalsState:
                      jnp.asarray(1.0, dtype), (W, H, sigma, inf))
 
 
-@partial(jax.jit, static_argnames=("update_W", "inner_sweeps", "with_loss"))
-def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
-                         inner_sweeps=INNER_SWEEPS, with_loss=True):
+def _hals_iterations(state: HalsState, right, left, sq_norm, n_observed, hyper, *, n_steps,
+                     update_W, inner_sweeps):
     """``n_steps`` (traced) extrapolated HALS updates (every entry observed; exact block
     coordinate descent on W and H with the ridge of their half-normal priors), each followed
-    by the noise scale's mode; then the exact loss of the best iterate (None without
-    ``with_loss``: it costs a pass over X). ``XT`` is X transposed in memory: Xᵀ W from a
-    row-major Xᵀ is about 2x faster than from X on CPU."""
+    by the noise scale's mode. X enters only through ``right(H) = X Hᵀ`` (n_features, rank),
+    ``left(W) = Xᵀ W`` (n_samples, rank), ``sq_norm = ‖X‖²`` and ``n_observed``, so dense and
+    sparse X share the iteration."""
     scale_W, scale_H, scale_sigma = hyper
-    tiny = jnp.finfo(X.dtype).tiny
-    n_observed = jnp.asarray(X.size, X.dtype)
-    sq_norm = jnp.sum(X * X)
+    tiny = jnp.finfo(sq_norm.dtype).tiny
 
     def step(_, state):
         W, H, sigma, loss, H_y, beta, beta_max, best = state
         var = sigma**2
         if update_W:
-            W = _hals_sweeps(W.T, (X @ H_y.T).T, H_y @ H_y.T, var / scale_W**2,
+            W = _hals_sweeps(W.T, right(H_y).T, H_y @ H_y.T, var / scale_W**2,
                              inner_sweeps).T
-        XtW, WtW = XT @ W, W.T @ W
+        XtW, WtW = left(W), W.T @ W
         H_new = _hals_sweeps(H_y, XtW.T, WtW, var / scale_H**2, inner_sweeps)
         # ‖X − WH‖² from products already at hand, O((n + m) k²) instead of a pass over X
         rss = residual_sq_norm(sq_norm, jnp.sum(H_new * XtW.T), WtW, H_new @ H_new.T)
@@ -346,11 +346,39 @@ def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
                      for new, old in zip((W, H_new, sigma, new_loss), best))
         return HalsState(W, H_new, sigma, new_loss, H_y, beta, beta_max, best)
 
-    state = lax.fori_loop(0, n_steps, step, state)
-    if not with_loss:
-        return state, None
+    return lax.fori_loop(0, n_steps, step, state)
+
+
+@partial(jax.jit, static_argnames=("update_W", "inner_sweeps"))
+def _gaussian_hals_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W,
+                         inner_sweeps=INNER_SWEEPS):
+    """:func:`_hals_iterations` on dense X, then the exact loss of the best iterate. ``XT``
+    is X transposed in memory: Xᵀ W from a row-major Xᵀ is about 2x faster than from X on
+    CPU."""
+    state = _hals_iterations(
+        state, lambda H: X @ H.T, lambda W: XT @ W, jnp.sum(X * X),
+        jnp.asarray(X.size, X.dtype), hyper, n_steps=n_steps, update_W=update_W,
+        inner_sweeps=inner_sweeps)
     W, H, sigma, _ = state.best
     return state, gaussian_neg_log_joint(W, H, sigma, X, None, hyper)[None]
+
+
+@partial(jax.jit, static_argnames=("update_W",))
+def _least_squares_chunk(state: HalsState, X, XT, hyper, *, n_steps, update_W):
+    """The best (W, H) of :func:`_hals_iterations` for the least-squares warm-up, floored
+    (see ``_WARMUP_FLOOR``; W as it was without ``update_W``): on dense X (with its transpose
+    ``XT``) or on :class:`~bnmf.inference.counts.SparseCounts` (``XT`` None), whose products
+    cost O(nnz · rank). One compiled program, floor included (eager floors compile each op)."""
+    if isinstance(X, SparseCounts):
+        right, left = (lambda H: product_right(X, H)), (lambda W: product_left(X, W))
+        sq_norm = jnp.sum(X.values * X.values)
+    else:
+        right, left, sq_norm = (lambda H: X @ H.T), (lambda W: XT @ W), jnp.sum(X * X)
+    n_observed = jnp.asarray(X.shape[0] * X.shape[1], sq_norm.dtype)
+    W, H = _hals_iterations(state, right, left, sq_norm, n_observed, hyper, n_steps=n_steps,
+                            update_W=update_W, inner_sweeps=INNER_SWEEPS).best[:2]
+    return (floor_positive(W, _WARMUP_FLOOR) if update_W else state.W,
+            floor_positive(H, _WARMUP_FLOOR))
 
 
 # -------------------------------------------------------------- least-squares warm-up (Poisson)
@@ -369,19 +397,18 @@ _FLAT_SCALE = 1e10  # half-normal scales of the warm-up: a negligible ridge, pla
 
 def least_squares_warmup(X, W, H, n_updates: int, update_W: bool = True):
     """W (n_features, rank), H (rank, n_samples) after ``n_updates`` extrapolated HALS updates
-    of ½‖X − W H‖² (every entry of the dense X observed) from W, H; entries floored at
+    of ½‖X − W H‖² (every entry of X observed; X dense or
+    :class:`~bnmf.inference.counts.SparseCounts`) from W, H; entries floored at
     ``_WARMUP_FLOOR`` × their factor's mean so that multiplicative updates can move them. With
     ``update_W`` False only H moves. The start of the Poisson MM updates (see
     ``LEAST_SQUARES_WARMUP``)."""
     if n_updates <= 0:
         return W, H
+    sparse = isinstance(X, SparseCounts)
     hyper = to_device([_FLAT_SCALE] * 3, X.dtype)
     state = hals_state(W, H, 1.0)  # σ only scales the negligible ridge; each update sets it
-    state, _ = _gaussian_hals_chunk(state, X, transposed(X), hyper, n_steps=n_updates,
-                                    update_W=update_W, with_loss=False)
-    W_ls, H_ls = state.best[:2]
-    return (floor_positive(W_ls, _WARMUP_FLOOR) if update_W else W,
-            floor_positive(H_ls, _WARMUP_FLOOR))
+    return _least_squares_chunk(state, X, None if sparse else transposed(X), hyper,
+                                n_steps=n_updates, update_W=update_W)
 
 
 def check_warmup(warmup) -> int:
@@ -392,10 +419,9 @@ def check_warmup(warmup) -> int:
 
 def warmed_start(problem: Problem, W, H, warmup: int):
     """(W, H, updates run): :func:`least_squares_warmup` of the start W, H where it applies,
-    the Poisson–gamma model on dense, fully observed X (sparse X keeps its O(nnz) updates, a
-    mask the masked ones); elsewhere W, H unchanged and 0."""
-    if not (isinstance(problem.model, PoissonGamma) and not problem.sparse
-            and problem.fully_observed):
+    the Poisson–gamma model on fully observed X, dense or sparse (masked X keeps the plain
+    start: HALS needs every entry); elsewhere W, H unchanged and 0."""
+    if not (isinstance(problem.model, PoissonGamma) and problem.fully_observed):
         return W, H, 0
     W, H = least_squares_warmup(problem.X, W, H, warmup, problem.W_fixed is None)
     return W, H, warmup
@@ -526,10 +552,10 @@ def fit_map(
         Shard the sample axis over this many of ``jax.devices()`` (dense X; it must divide
         the number of samples). Same result as one device, to float rounding.
     warmup : int
-        ``poisson`` with dense, fully observed X: the MM updates start after this many
+        ``poisson`` with fully observed X (dense or sparse): the MM updates start after this many
         extrapolated HALS updates of the least-squares objective from the starting point
-        (:func:`least_squares_warmup`; not for ``W_start``/``H_start`` given, nor for sparse
-        or masked X); 0 turns it off. ``info["least_squares_warmup"]`` says how many ran.
+        (:func:`least_squares_warmup`; not for ``W_start``/``H_start`` given, nor for masked
+        X); 0 turns it off. ``info["least_squares_warmup"]`` says how many ran.
 
     Returns
     -------
