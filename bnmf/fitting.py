@@ -166,7 +166,8 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
         ``"horseshoe"``) and options of the inference function (e.g. ``max_steps``,
         ``num_draws``, ``guide="lowrank"`` for SVI; ``num_samples``, ``num_chains`` for NUTS;
         ``batch_size``, ``epochs`` for minibatch CAVI; ``devices`` to shard samples over
-        devices (MAP, CAVI); ``max_iter``, ``init`` for all).
+        devices (MAP, CAVI); ``warmup`` for the Poisson MAP's least-squares warm-up (0 turns
+        it off); ``max_iter``, ``init`` for all).
 
     Returns
     -------
