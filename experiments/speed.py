@@ -65,7 +65,7 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 import bnmf  # noqa: E402
 from bnmf.data import prepare  # noqa: E402
 from bnmf.inference.common import Problem, to_device, transposed  # noqa: E402
-from bnmf.inference.counts import DenseCounts, log_factorial_sum  # noqa: E402
+from bnmf.inference.counts import DenseCounts, poisson_data_constant  # noqa: E402
 from bnmf.inference.map import (  # noqa: E402
     HalsState,
     RelaxedChunks,
@@ -306,11 +306,11 @@ def _chunk_function(kind: str, problem: Problem):
         hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
 
         counts = DenseCounts(X, None)  # fully observed, as fit_map passes it
-        log_factorials = jnp.asarray(log_factorial_sum(counts), X.dtype)
+        data_constant = jnp.asarray(poisson_data_constant(counts), X.dtype)
 
         # fit_map's own chunk runner: over-relaxed updates with their fall-back check
         relaxed = RelaxedChunks(partial(_poisson_mm_counts_chunk, counts=counts, hyper=hyper,
-                                        log_factorials=log_factorials, n_steps=CHUNK,
+                                        data_constant=data_constant, n_steps=CHUNK,
                                         update_W=True, log_space=False))
 
         return (lambda W, H: (W, H)), relaxed

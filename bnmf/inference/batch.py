@@ -31,7 +31,6 @@ import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
-from jax.scipy.special import gammaln
 
 from ..models import GaussianHalfNormal, PoissonGamma
 from .common import (
@@ -45,7 +44,13 @@ from .common import (
     to_bnmf_layout,
     to_device,
 )
-from .map import RelaxedChunks, _gaussian_mm_chunk, _likelihood_model, _poisson_mm_chunk
+from .map import (
+    RelaxedChunks,
+    _gaussian_mm_chunk,
+    _likelihood_model,
+    _poisson_mm_chunk,
+    masked_data_constant,
+)
 from .svi import GUIDES, _guide_init, _guide_sample, averaged_chunk, neg_elbo
 
 __all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
@@ -148,21 +153,22 @@ def _mm_model(model):
 # The batched programs live at module level (not as closures built per call), so that a second
 # batch of the same shapes reuses the compiled program instead of compiling it again.
 @partial(jax.jit, static_argnames=("n_steps", "log_space"))
-def _poisson_batch_chunk(W, H, X, masks, hyper, log_factorials, relaxation, *, n_steps,
+def _poisson_batch_chunk(W, H, X, masks, hyper, data_constants, relaxation, *, n_steps,
                          log_space):
     """``n_steps`` MM updates of every member: W (B, F, K), H (B, K, N), masks (B, F, N),
-    log_factorials and relaxation (B,) → (W, H, loss (B, 1))."""
-    def one(W, H, M, lf, omega):
+    data_constants and relaxation (B,) → (W, H, loss (B, 1))."""
+    def one(W, H, M, constant, omega):
         return _poisson_mm_chunk(W, H, X, M, hyper, n_steps=n_steps, update_W=True, full=False,
-                                 log_space=log_space, log_factorials=lf, relaxation=omega)
+                                 log_space=log_space, data_constant=constant, relaxation=omega)
 
-    return jax.vmap(one)(W, H, masks, log_factorials, relaxation)
+    return jax.vmap(one)(W, H, masks, data_constants, relaxation)
 
 
 @jax.jit
-def _masked_log_factorials(X, masks):
-    """Σ M log X! per member (B,): a constant of each fit, not of each chunk."""
-    return jax.vmap(lambda M: jnp.sum(jnp.where(M, gammaln(X + 1.0), 0.0)))(masks)
+def _masked_data_constants(X, masks):
+    """Σ M (X log X − X − log X!) per member (B,): a constant of each fit, not of each
+    chunk."""
+    return jax.vmap(lambda M: masked_data_constant(X, M))(masks)
 
 
 @partial(jax.jit, static_argnames=("n_steps",))
@@ -199,11 +205,11 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
     if isinstance(model, PoissonGamma):
         log_space = model.a < 1.0
         hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
-        log_factorials = _masked_log_factorials(X, masks)
+        data_constants = _masked_data_constants(X, masks)
         # over-relaxed like fit_map, each member checked and falling back on its own
         step_chunk = RelaxedChunks(
             lambda W, H, relaxation: _poisson_batch_chunk(
-                W, H, X, masks, hyper, log_factorials, relaxation, n_steps=chunk,
+                W, H, X, masks, hyper, data_constants, relaxation, n_steps=chunk,
                 log_space=log_space),
             batch=masks.shape[0])
 

@@ -54,15 +54,14 @@ from .common import (
 from .counts import (
     DenseCounts,
     SparseCounts,
-    log_factorial_sum,
     mask_left,
     mask_right,
+    poisson_data_constant,
     product_left,
     product_right,
     ratio_left,
     ratio_right,
-    sum_rate,
-    sum_x_log_rate,
+    sum_kl,
     to_scipy,
 )
 
@@ -84,11 +83,15 @@ def poisson_neg_log_joint(W, H, X, M, hyper, log_space: bool):
              + gamma_log_density(H, a, rate_H, log_space))
 
 
-def poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space: bool):
+def poisson_counts_neg_log_joint(W, H, counts, hyper, data_constant, log_space: bool):
     """:func:`poisson_neg_log_joint` through the dense-or-sparse operations of
-    :mod:`~bnmf.inference.counts`; ``log_factorials`` is the constant Σ M log X!."""
+    :mod:`~bnmf.inference.counts`; ``data_constant`` is Σ M (X log X − X − log X!)
+    (:func:`~bnmf.inference.counts.poisson_data_constant`). The log-likelihood is taken as that
+    constant minus the KL divergence, whose terms are small near a fit: summed directly, its
+    own terms cancel in float32 by more than an update gains at large counts (at ~10⁴ counts
+    per entry the MM trace then rose in 10 of 200 chunks)."""
     a, rate_W, rate_H = hyper
-    ll = sum_x_log_rate(counts, W, H) - sum_rate(counts, W, H) - log_factorials
+    ll = data_constant - sum_kl(counts, W, H)
     return -(ll + gamma_log_density(W, a, rate_W, log_space)
              + gamma_log_density(H, a, rate_H, log_space))
 
@@ -115,7 +118,7 @@ def relaxed_update(A, A_mm, relaxation):
 
 
 @partial(jax.jit, static_argnames=("update_W", "log_space"))
-def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation=1.0, *, n_steps,
+def _poisson_mm_counts_chunk(W, H, counts, hyper, data_constant, relaxation=1.0, *, n_steps,
                              update_W, log_space):
     """``n_steps`` multiplicative MM updates (over-relaxed by ``relaxation``; 1 = plain MM) on
     dense or sparse counts, then the loss. ``n_steps`` is traced: a shorter last chunk runs
@@ -132,21 +135,27 @@ def _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation=1.0
         return W, relaxed_update(H, H_mm, relaxation)
 
     W, H = lax.fori_loop(0, n_steps, step, (W, H))
-    loss = poisson_counts_neg_log_joint(W, H, counts, hyper, log_factorials, log_space)
+    loss = poisson_counts_neg_log_joint(W, H, counts, hyper, data_constant, log_space)
     return W, H, loss[None]
 
 
 @partial(jax.jit, static_argnames=("update_W", "full", "log_space"))
 def _poisson_mm_chunk(W, H, X, M, hyper, *, n_steps, update_W, full, log_space,
-                      log_factorials=None, relaxation=1.0):
+                      data_constant=None, relaxation=1.0):
     """Dense entry point (kept for callers that vmap over masks, e.g. restarts).
-    ``log_factorials`` (Σ M log X!, a constant of the fit) is computed here when not given."""
+    ``data_constant`` (Σ M (X log X − X − log X!), a constant of the fit) is computed here
+    when not given."""
     Mf = M.astype(X.dtype)
     counts = DenseCounts(X, None if full else Mf)
-    if log_factorials is None:
-        log_factorials = jnp.sum(Mf * gammaln(X + 1.0))
-    return _poisson_mm_counts_chunk(W, H, counts, hyper, log_factorials, relaxation,
+    if data_constant is None:
+        data_constant = masked_data_constant(X, M)
+    return _poisson_mm_counts_chunk(W, H, counts, hyper, data_constant, relaxation,
                                     n_steps=n_steps, update_W=update_W, log_space=log_space)
+
+
+def masked_data_constant(X, M):
+    """Σ M (X log X − X − log X!) on the device (traceable; vmapped over masks by restarts)."""
+    return jnp.sum(jnp.where(M, xlogy(X, X) - X - gammaln(X + 1.0), 0.0))
 
 
 class RelaxedChunks:
@@ -582,13 +591,13 @@ def fit_map(
         log_space = model.a < 1.0
         hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
         counts = poisson_counts(problem)
-        log_factorials = to_device(log_factorial_sum(counts), X.dtype)
+        data_constant = to_device(poisson_data_constant(counts), X.dtype)
         chunk = 10
         W_start, H_start, warmup = warmed_start(problem, W_start, H_start,
                                                 warmup if started_here else 0)
 
         step_chunk = RelaxedChunks(partial(
-            _poisson_mm_counts_chunk, counts=counts, hyper=hyper, log_factorials=log_factorials,
+            _poisson_mm_counts_chunk, counts=counts, hyper=hyper, data_constant=data_constant,
             n_steps=chunk, update_W=update_W, log_space=log_space))
 
         (W, H), losses, iterations, converged = run_chunks(
