@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from jax.scipy.special import xlogy
 from jax.tree_util import register_pytree_node_class
 from scipy.special import gammaln
+from scipy.special import xlogy as xlogy_np
 
 __all__ = [
     "DenseCounts",
@@ -206,18 +207,31 @@ def sparse_counts(X, mask=None, dtype="float32", hidden=None) -> SparseCounts:
 
 def log_factorial_sum(counts) -> float:
     """Σ M ∘ log X! in float64, computed once on the host (it is a constant of the fit)."""
+    return _sum_over_counts(counts, _log_factorial)
+
+
+def poisson_data_constant(counts) -> float:
+    """Σ M ∘ (X log X − X − log X!) in float64, on the host: with :func:`sum_kl`, the Poisson
+    log-likelihood is this minus the KL divergence."""
+    return _sum_over_counts(counts, lambda x: xlogy_np(x, x) - x - _log_factorial(x))
+
+
+def _log_factorial(x: np.ndarray) -> np.ndarray:
+    return gammaln(x + 1.0)
+
+
+def _sum_over_counts(counts, f) -> float:
+    """Σ M ∘ f(X) in float64 for an elementwise f of float64 counts, on the host. Integer
+    counts are summed from how often each count occurs (f of every entry is not evaluated)."""
     if isinstance(counts, SparseCounts):
-        return float(np.sum(gammaln(np.asarray(counts.values, np.float64) + 1.0)))
+        return float(np.sum(f(np.asarray(counts.values, np.float64))))
     X = np.asarray(counts.X)
     weight = None if counts.weight is None else np.asarray(counts.weight)
     frequency = _count_frequencies(X, weight)
     if frequency is not None:
-        # integer counts: Σ log X! from how often each count occurs (no gammaln of every entry)
-        return float(frequency @ gammaln(np.arange(frequency.size, dtype=np.float64) + 1.0))
-    terms = gammaln(np.asarray(X, np.float64) + 1.0)
-    if weight is not None:
-        terms = terms * weight
-    return float(terms.sum())
+        return float(frequency @ f(np.arange(frequency.size, dtype=np.float64)))
+    terms = f(np.asarray(X, np.float64))
+    return float((terms if weight is None else terms * weight).sum())
 
 
 def _count_frequencies(X: np.ndarray, weight, block: int = 1 << 20):
@@ -328,20 +342,24 @@ def _segment_rates(seg: Segments, A, B):
     return jnp.maximum(rate, jnp.finfo(rate.dtype).tiny), gathered
 
 
+def _owner_products(seg: Segments, slot_values, gathered, n_owners: int):
+    """Σ over each owner's slots of ``slot_values`` (n_segments, width) times the gathered
+    rows of the other factor (n_segments, width, rank): shape (n_owners, rank)."""
+    per_segment = jnp.einsum("sw,swk->sk", slot_values, gathered)
+    return jax.ops.segment_sum(per_segment, seg.owner, num_segments=n_owners,
+                               indices_are_sorted=True)
+
+
 def _segment_ratio_products(seg: Segments, A, B, n_owners: int):
     """(X / AB) Bᵀ over the entries of ``seg``, shape (n_owners, rank)."""
     rate, gathered = _segment_rates(seg, A, B)
-    per_segment = jnp.einsum("sw,swk->sk", seg.values / rate, gathered)
-    return jax.ops.segment_sum(per_segment, seg.owner, num_segments=n_owners,
-                               indices_are_sorted=True)
+    return _owner_products(seg, seg.values / rate, gathered, n_owners)
 
 
 def _segment_products(seg: Segments, B, n_owners: int):
     """X Bᵀ over the entries of ``seg`` (B (rank, m) indexed by the segments' other axis),
     shape (n_owners, rank)."""
-    per_segment = jnp.einsum("sw,swk->sk", seg.values, _materialized(B).T[seg.index])
-    return jax.ops.segment_sum(per_segment, seg.owner, num_segments=n_owners,
-                               indices_are_sorted=True)
+    return _owner_products(seg, seg.values, _materialized(B).T[seg.index], n_owners)
 
 
 def product_right(c: SparseCounts, B):
@@ -427,26 +445,6 @@ def _kl(X, weight, A, B):
     rate = jnp.maximum(A @ B, jnp.finfo(X.dtype).tiny)
     terms = xlogy(X, X / rate) - X + rate
     return jnp.sum(terms if weight is None else weight * terms)
-
-
-def poisson_data_constant(counts) -> float:
-    """Σ M ∘ (X log X − X − log X!) in float64, on the host: with :func:`sum_kl`, the Poisson
-    log-likelihood is this minus the KL divergence."""
-    if isinstance(counts, SparseCounts):
-        X = np.asarray(counts.values, np.float64)
-        return float(np.sum(_x_log_x_minus_x(X) - gammaln(X + 1.0)))
-    X = np.asarray(counts.X)
-    weight = None if counts.weight is None else np.asarray(counts.weight)
-    frequency = _count_frequencies(X, weight)
-    if frequency is not None:  # integer counts: from how often each count occurs
-        k = np.arange(frequency.size, dtype=np.float64)
-        return float(frequency @ (_x_log_x_minus_x(k) - gammaln(k + 1.0)))
-    terms = _x_log_x_minus_x(np.asarray(X, np.float64)) - gammaln(np.asarray(X, np.float64) + 1.0)
-    return float((terms if weight is None else terms * weight).sum())
-
-
-def _x_log_x_minus_x(X: np.ndarray) -> np.ndarray:
-    return np.where(X > 0, X * np.log(np.where(X > 0, X, 1.0)), 0.0) - X
 
 
 def sum_rate(c, A, B):
