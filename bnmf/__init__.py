@@ -4,10 +4,10 @@
 (rank × samples). See ``bnmf.fit``, ``bnmf.select_rank`` and ``bnmf.refit``.
 """
 
-from . import models
+from . import models, tl
 from .calling import Calls, decompose, match, refit
 from .fitting import fit
-from .posterior import Fit, load
+from .posterior import Fit, load, read_anndata
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
@@ -21,7 +21,9 @@ __all__ = [
     "load",
     "match",
     "models",
+    "read_anndata",
     "refit",
     "select_rank",
+    "tl",
 ]
 __version__ = "0.1.0"

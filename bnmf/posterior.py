@@ -27,7 +27,7 @@ from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
 
-__all__ = ["Fit", "load", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
+__all__ = ["Fit", "load", "read_anndata", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
 
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 DRAW_DIMS = ("chain", "draw")
@@ -386,6 +386,107 @@ class Fit:
         lpd = total - np.log(n_draws)
         return np.where(data.mask, lpd, np.nan)
 
+    # ---- AnnData (scanpy)
+    def to_anndata(self, adata=None, key: str = "bnmf", prob: float = 0.9):
+        """Write the parts and activities, with intervals, into an AnnData (cells × genes).
+
+        bnmf's observations are AnnData's cells (``obs``), its features the genes (``var``), as
+        when the fit was made from that AnnData. Written (``K`` = rank, the same layout as
+        scanpy's ``pca``):
+
+        * ``obsm["X_<key>"]`` (n_obs, K): posterior mean activities ``H.T`` (data units), so
+          ``scanpy.pl.embedding(adata, basis="<key>")`` draws programs against each other;
+          ``obsm["X_<key>_lower"]`` / ``["X_<key>_upper"]``: their ``prob`` credible interval;
+        * ``obs["<key>_<k>"]`` for each program k: its share of the cell's total activity (from
+          the posterior mean; the shares of a cell sum to 1). These are the columns scanpy
+          colours by: ``scanpy.pl.embedding(adata, basis="umap", color=["bnmf_0", "bnmf_1"])``;
+        * ``varm["<key>_W"]`` (n_vars, K): posterior mean programs (columns sum to 1), with
+          ``varm["<key>_W_lower"]`` / ``["<key>_W_upper"]``;
+        * ``uns["<key>"]``: the fit's metadata (model, its hyperparameters as JSON, method,
+          rank, seed, prob, ELBO, bnmf version, obs column names) and ``summary``, a table with
+          one row per program (total activity, mean share, top features).
+
+        A MAP fit has no interval: only the means are written and ``uns[key]["prob"]`` is
+        absent. :func:`read_anndata` reads everything back exactly (also after ``write_h5ad``).
+
+        Parameters
+        ----------
+        adata : AnnData, optional
+            Cells × genes matching the fit: with labelled input the fit's observation and
+            feature names must be ``obs_names`` and ``var_names`` (any order; values are
+            written in ``adata``'s order), else the shape must agree. Left out, a new AnnData
+            of the fitted data (NaN where unobserved) is made.
+        key : str
+            Prefix of every key written (existing keys of that name are replaced).
+        prob : float in (0, 1)
+
+        Returns
+        -------
+        AnnData
+            ``adata`` itself, changed in place, or the new one.
+
+        Raises
+        ------
+        ImportError
+            When ``anndata`` is not installed.
+        ValueError
+            When the cells or genes do not match the fit (naming which), or ``key`` is empty.
+        """
+        anndata = _import_anndata()
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty string, got {key!r}.")
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        posterior = arviz_group(self.idata, "posterior")
+        features = pd.Index(posterior["feature"].values)
+        observations = pd.Index(posterior["observation"].values)
+        if adata is None:
+            X, _ = _training_data(self.idata)
+            adata = anndata.AnnData(
+                X=X.T, obs=pd.DataFrame(index=observations.astype(str)),
+                var=pd.DataFrame(index=features.astype(str)))
+            cells, genes = np.arange(len(observations)), np.arange(len(features))
+        else:
+            if not isinstance(adata, anndata.AnnData):
+                raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+            labelled = bool(int(self._attrs["has_labels"]))
+            cells = _positions(adata.obs_names, observations, labelled, "obs_names (cells)",
+                               "observations")
+            genes = _positions(adata.var_names, features, labelled, "var_names (genes)",
+                               "features")
+        W, H = self._draws("W").mean(axis=(0, 1)), self._draws("H").mean(axis=(0, 1))
+        H = H[:, cells]
+        adata.obsm[f"X_{key}"] = np.ascontiguousarray(H.T)
+        adata.varm[f"{key}_W"] = np.ascontiguousarray(W[genes])
+        meta = {"model": self._attrs["model"], "model_params": self._attrs["model_params"],
+                "method": self.method, "rank": self.rank, "seed": self.seed,
+                "bnmf_version": str(self._attrs["bnmf_version"])}
+        if self.elbo is not None:
+            meta["elbo"] = self.elbo
+        if self.num_draws > 1:
+            bounds = self.interval(prob)
+            low, high = (np.asarray(b) for b in bounds["H"])
+            adata.obsm[f"X_{key}_lower"] = np.ascontiguousarray(low[:, cells].T)
+            adata.obsm[f"X_{key}_upper"] = np.ascontiguousarray(high[:, cells].T)
+            low, high = (np.asarray(b) for b in bounds["W"])
+            adata.varm[f"{key}_W_lower"] = np.ascontiguousarray(low[genes])
+            adata.varm[f"{key}_W_upper"] = np.ascontiguousarray(high[genes])
+            meta["prob"] = float(prob)
+        else:
+            for name in (f"X_{key}_lower", f"X_{key}_upper"):
+                adata.obsm.pop(name, None)
+            for name in (f"{key}_W_lower", f"{key}_W_upper"):
+                adata.varm.pop(name, None)
+        columns = [f"{key}_{k}" for k in range(self.rank)]
+        totals = H.sum(axis=0, keepdims=True)
+        shares = H / np.where(totals > 0, totals, 1.0)
+        for k, column in enumerate(columns):
+            adata.obs[column] = shares[k]
+        meta["obs_columns"] = np.asarray(columns)
+        meta["summary"] = _program_table(W, H, shares, features, columns)
+        adata.uns[key] = meta
+        return adata
+
     # ---- persistence
     def save(self, path) -> None:
         """Write the fit to a netCDF-4 file; :func:`bnmf.load` reads it back exactly."""
@@ -405,6 +506,91 @@ def _log_likelihood_per_draw(model, X, sites: dict):
     model is a pytree of its hyperparameters (:func:`bnmf.models.base.hyperparameter_pytree`),
     so fits of other data, whose scales differ, reuse the program."""
     return jax.vmap(lambda site: model.log_likelihood(X, site["W"], site["H"], site))(sites)
+
+
+def _import_anndata():
+    try:
+        import anndata
+    except ImportError as err:
+        raise ImportError("Fit.to_anndata and read_anndata need the anndata package: "
+                          "pip install anndata") from err
+    return anndata
+
+
+def _positions(names, fitted: pd.Index, labelled: bool, what: str, fitted_what: str):
+    """Positions in ``fitted`` of each of AnnData's ``names`` (so values come out in AnnData's
+    order); by label when the fit had labels, else by position after checking the length."""
+    names = pd.Index(names)
+    if len(names) != len(fitted):
+        raise ValueError(f"adata has {len(names)} {what} but the fit has {len(fitted)} "
+                         f"{fitted_what}; AnnData is cells × genes, bnmf's X features × "
+                         "samples (pass the AnnData the fit was made from).")
+    if not labelled:
+        return np.arange(len(fitted))
+    if names.has_duplicates:
+        raise ValueError(f"adata's {what} repeat {list(names[names.duplicated()][:3])}; "
+                         "make them unique (adata.obs_names_make_unique()).")
+    fitted = fitted.astype(str)
+    position = fitted.get_indexer(names.astype(str))
+    if (position < 0).any():
+        unknown = list(names[position < 0][:3])
+        missing = list(fitted.difference(names.astype(str))[:3])
+        raise ValueError(f"adata's {what} do not match the fit's {fitted_what}: {unknown} are "
+                         f"not in the fit and {missing} are not in adata.")
+    return position
+
+
+def _program_table(W, H, shares, features: pd.Index, columns, top: int = 10) -> pd.DataFrame:
+    """One row per program: obs column, total activity, mean share, top features by loading."""
+    return pd.DataFrame({
+        "component": np.arange(W.shape[1]),
+        "obs_column": columns,
+        "total_activity": H.sum(axis=1).astype(np.float64),
+        "mean_share": shares.mean(axis=1).astype(np.float64),
+        "top_features": [", ".join(str(f) for f in features[np.argsort(-W[:, k])[:top]])
+                         for k in range(W.shape[1])],
+    }).set_index(pd.Index([str(c) for c in columns], name="program"))
+
+
+def read_anndata(adata, key: str = "bnmf") -> dict:
+    """What :meth:`Fit.to_anndata` wrote under ``key``, as bnmf's tables.
+
+    Returns
+    -------
+    dict
+        ``W`` (DataFrame genes × K), ``H`` (DataFrame K × cells), ``interval`` (``{"W": (lower,
+        upper), "H": (lower, upper)}`` shaped like them, or None for a MAP fit), ``shares``
+        (DataFrame K × cells, the obs columns), ``summary`` (the program table) and ``info``
+        (the rest of ``uns[key]``: model, method, rank, ...).
+
+    Raises
+    ------
+    ValueError
+        When ``adata`` holds no bnmf result under ``key``.
+    """
+    if key not in adata.uns or f"X_{key}" not in adata.obsm or f"{key}_W" not in adata.varm:
+        raise ValueError(f"adata holds no bnmf result under key {key!r} (uns[{key!r}], "
+                         f"obsm['X_{key}'], varm['{key}_W']); write one with fit.to_anndata.")
+    meta = dict(adata.uns[key])
+    components = pd.RangeIndex(int(meta["rank"]))
+    cells, genes = pd.Index(adata.obs_names), pd.Index(adata.var_names)
+
+    def frames(obsm_name, varm_name):
+        return (pd.DataFrame(np.asarray(adata.varm[varm_name]), index=genes, columns=components),
+                pd.DataFrame(np.asarray(adata.obsm[obsm_name]).T, index=components,
+                             columns=cells))
+
+    W, H = frames(f"X_{key}", f"{key}_W")
+    interval = None
+    if f"X_{key}_lower" in adata.obsm:
+        (W_low, H_low), (W_high, H_high) = (frames(f"X_{key}_{b}", f"{key}_W_{b}")
+                                            for b in ("lower", "upper"))
+        interval = {"W": (W_low, W_high), "H": (H_low, H_high)}
+    columns = [str(c) for c in meta.pop("obs_columns")]
+    shares = pd.DataFrame(adata.obs[columns].to_numpy().T, index=components, columns=cells)
+    summary = meta.pop("summary")
+    return {"W": W, "H": H, "interval": interval, "shares": shares, "summary": summary,
+            "info": meta}
 
 
 def load(path) -> Fit:
