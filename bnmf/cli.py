@@ -59,7 +59,10 @@ def enable_compilation_cache(environ=None) -> str | None:
 
 
 def _summary(fit, top: int = 5) -> str:
-    """A short text summary: what ran, and each part's top features with 90% intervals."""
+    """A short text summary: what ran, and each part's top features with 90% intervals; SBS96
+    parts are named by their one-to-one best match among the bundled PCAWG signatures."""
+    from .plotting import reference_matches
+
     info = fit.info
     lines = [repr(fit)]
     if "method_choice" in info:
@@ -75,6 +78,10 @@ def _summary(fit, top: int = 5) -> str:
     names = getattr(W, "index", None)
     values = getattr(W, "values", W)
     bounds = fit.interval(0.9)["W"] if fit.num_draws > 1 else None
+    matches = reference_matches(W)
+    if matches is not None:
+        lines.append("reference: the 65 PCAWG SBS96 signatures (bnmf.datasets."
+                     "load_pcawg_signatures), matched one-to-one by cosine")
     for k in range(values.shape[1]):
         order = values[:, k].argsort()[::-1][:top]
         items = []
@@ -85,7 +92,12 @@ def _summary(fit, top: int = 5) -> str:
                 lo, hi = (getattr(b, "values", b)[i, k] for b in bounds)
                 item += f" [{lo:.3f}, {hi:.3f}]"
             items.append(item)
-        lines.append(f"part {k}: " + "; ".join(items))
+        name = f"part {k}"
+        if matches is not None:
+            column = W.columns[k]
+            name += (f" [best match {matches.loc[column, 'reference']}, cosine "
+                     f"{matches.loc[column, 'cosine']:.3f}]")
+        lines.append(f"{name}: " + "; ".join(items))
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_exposures", "plot_parts", "plot_top_features"]
+__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_exposures", "plot_parts", "plot_top_features",
+           "reference_matches"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
 SBS96_COLOURS = {
@@ -39,11 +40,54 @@ def _as_frame(value, index, columns) -> pd.DataFrame:
     return pd.DataFrame(np.asarray(value), index=index, columns=columns)
 
 
-def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None):
+def reference_matches(W, reference="auto") -> pd.DataFrame | None:
+    """The reference part each column of ``W`` matches best, one-to-one (:func:`bnmf.match`).
+
+    ``reference="auto"`` is the bundled PCAWG SBS96 set
+    (:func:`bnmf.datasets.load_pcawg_signatures`) when ``W``'s rows are the 96 SBS channels,
+    else no matching (None); a DataFrame (features × reference parts) is matched by row label;
+    None turns matching off.
+
+    Returns
+    -------
+    DataFrame indexed by component with ``reference`` and ``cosine``, or None.
+    """
+    from .calling import match
+
+    if reference is None:
+        return None
+    if isinstance(reference, str):
+        if reference != "auto":
+            raise ValueError(f"reference must be 'auto', None or a DataFrame of reference "
+                             f"parts, got {reference!r}.")
+        if not is_sbs96(getattr(W, "index", ())):
+            return None
+        from .datasets import load_pcawg_signatures
+
+        reference = load_pcawg_signatures()
+    return match(W, reference).set_index("component")
+
+
+def _trinucleotide(label) -> str:
+    """``ACA`` from ``A[C>A]A``: the 5' base, the reference base and the 3' base."""
+    left, substitution, right = _SBS96_PATTERN.match(str(label)).groups()
+    return left + substitution[0] + right
+
+
+def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None, reference="auto"):
     """Bar chart of each part (column of W) with ``prob`` credible-interval whiskers.
 
     SBS96 mutational signatures are drawn over all 96 channels in the six standard class
-    colours; other parts show their ``top`` features. MAP fits (no interval) have no whiskers.
+    colours, with the trinucleotide context of each channel (5'-reference-3', e.g. ``TCA``)
+    under its bar as SigProfiler plots do; other parts show their ``top`` features. MAP fits
+    (no interval) have no whiskers.
+
+    Parameters
+    ----------
+    reference : "auto", DataFrame or None
+        Reference parts to name each part by (:func:`reference_matches`): each panel is titled
+        with its best one-to-one match and the cosine. "auto" matches SBS96 parts to the
+        bundled PCAWG signatures and leaves other parts unnamed.
 
     Returns
     -------
@@ -51,6 +95,7 @@ def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None):
     """
     W = fit.W
     W = _as_frame(W, range(W.shape[0]), range(W.shape[1]))
+    matches = reference_matches(W, reference)
     lower = upper = None
     if prob is not None and fit.num_draws > 1:
         low, high = fit.interval(prob)["W"]
@@ -78,9 +123,15 @@ def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None):
         else:
             ax.bar(x, heights, color=colours)
         ax.set_ylabel(f"part {component}")
+        if matches is not None and component in matches.index:
+            ax.text(0.995, 0.9, f"best match {matches.loc[component, 'reference']} "
+                    f"(cosine {matches.loc[component, 'cosine']:.2f})", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=9,
+                    bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
         ax.set_xlim(-0.7, len(order) - 0.3)
         if sbs96:
-            ax.set_xticks([])
+            ax.set_xticks(x, [_trinucleotide(c) for c in W.index[order]], rotation=90,
+                          fontsize=5.5, family="monospace")
             for i, (substitution_class, colour) in enumerate(SBS96_COLOURS.items()):
                 ax.axvspan(16 * i - 0.5, 16 * i + 15.5, ymin=0.97, ymax=1.0, color=colour,
                            clip_on=False)

@@ -1,5 +1,6 @@
 """The command line: bnmf fit on files of each format, bnmf demo, and errors."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from helpers import simulate
 
 import bnmf
 from bnmf.cli import main
+from bnmf.datasets import load_pcawg_signatures
 from bnmf.io import read_matrix
 
 
@@ -86,6 +88,44 @@ def test_demo_runs_on_bundled_data(tmp_path, capsys):
     top = {fit.W[k].idxmax() for k in fit.W.columns}
     assert top & {"T[C>T]A", "T[C>T]T", "T[C>G]A", "T[C>G]T"}
     assert (out / "signatures.png").stat().st_size > 10_000
+    # each part is named by its one-to-one best PCAWG match, with the cosine bnmf.match gives
+    matches = bnmf.match(fit.W, load_pcawg_signatures()).set_index("component")
+    for k in range(3):
+        line = next(s for s in printed.splitlines() if s.startswith(f"part {k} "))
+        assert (f"[best match {matches.loc[k, 'reference']}, cosine "
+                f"{matches.loc[k, 'cosine']:.3f}]") in line
+    # the APOBEC part is named for an APOBEC signature
+    assert {"SBS2", "SBS13"} & set(matches["reference"])
+
+
+def test_plot_parts_names_matches_and_labels_sbs96_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bnmf.datasets import SBS96_CHANNELS
+    from bnmf.plotting import plot_parts
+
+    # ten tumours made by SBS1 alone and ten by SBS13 alone: the parts are those references
+    reference = load_pcawg_signatures()[["SBS1", "SBS13"]].to_numpy()
+    X = np.random.default_rng(0).poisson(np.repeat(reference, 10, axis=1) * 2000.0)
+    X = pd.DataFrame(X, index=list(SBS96_CHANNELS))
+    fit = bnmf.fit(X, 2, method="map", seed=0)
+    figure = plot_parts(fit)
+    texts = [t.get_text() for ax in figure.axes for t in ax.texts]
+    for name in ("SBS1", "SBS13"):
+        assert sum(bool(re.fullmatch(rf"best match {name} \(cosine (0\.99|1\.00)\)", t))
+                   for t in texts) == 1, texts
+    ticks = [t.get_text() for t in figure.axes[-1].get_xticklabels()]
+    assert len(ticks) == 96 and ticks[:3] == ["ACA", "ACC", "ACG"] and ticks[-1] == "TTT"
+    # the 16 contexts of each class, 5' base then 3' base, as SigProfiler orders them
+    assert ticks[16:19] == ["ACA", "ACC", "ACG"] and ticks[48] == "ATA"
+    assert sorted(ticks) == sorted(c[0] + c[2] + c[-1] for c in SBS96_CHANNELS)
+    # non-SBS96 parts are not named; a bad reference is refused
+    plain = bnmf.fit(X.to_numpy(), 2, method="map", seed=0)
+    assert not any(t.get_text().startswith("best match")
+                   for ax in plot_parts(plain).axes for t in ax.texts)
+    with pytest.raises(ValueError, match="reference must be 'auto', None or a DataFrame"):
+        plot_parts(fit, reference="cosmic")
 
 
 def _command(args, cache, tmp_path):
