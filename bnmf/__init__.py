@@ -7,7 +7,7 @@
 from . import models, tl
 from .calling import Calls, decompose, match, refit
 from .fitting import fit
-from .posterior import Fit, load, read_anndata
+from .posterior import Fit, compare, load, read_anndata
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
@@ -16,6 +16,7 @@ __all__ = [
     "Calls",
     "Fit",
     "RankSelection",
+    "compare",
     "decompose",
     "fit",
     "load",

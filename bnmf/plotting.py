@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_exposures", "plot_parts", "plot_top_features",
-           "reference_matches"]
+__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_dispersion", "plot_exposures", "plot_parts",
+           "plot_ppc", "plot_top_features", "reference_matches"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
 SBS96_COLOURS = {
@@ -258,4 +258,132 @@ def plot_top_features(fit, components=None, top: int = 10, threshold: float | No
         ax.set_title(f"program {component}", fontsize=9)
     fig.suptitle("top features with 90% intervals; P(loading > "
                  f"{summary.attrs['threshold']:.2g}) at right")
+    return fig
+
+
+def _with_replicates(fit):
+    """``fit`` itself when it has a posterior_predictive group, else with one of 100 draws."""
+    from .posterior import arviz_group_names
+
+    if "posterior_predictive" in arviz_group_names(fit.idata):
+        return fit
+    return fit.posterior_predictive(100, seed=0)
+
+
+def plot_ppc(fit, features=None, groups=None, prob: float = 0.9, max_panels: int = 6,
+             ncols: int = 3):
+    """Posterior predictive check: observed values against their predictive intervals.
+
+    One panel per feature (``features``, else the ``max_panels`` features with the largest
+    totals). Without ``groups`` the panel has one position per sample, sorted by the observed
+    value: the observed count (dot) and the ``prob`` interval and median of the replicated
+    count (bar). With ``groups`` (one label per sample, e.g. cell types or cohorts) the
+    values are summed within each group, one position per group. Observed points outside
+    their interval are red; about ``1 - prob`` of them should be if the model fits.
+    Replicates come from the fit's ``posterior_predictive`` group, made (100 draws, seed 0)
+    if it has none.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .posterior import _training_data, arviz_group
+
+    fit = _with_replicates(fit)
+    replicated = fit.replicated_data().astype(np.float64)       # (draws, F, N)
+    X, mask = _training_data(fit.idata)
+    posterior = arviz_group(fit.idata, "posterior")
+    names = pd.Index(posterior["feature"].values)
+    observed = np.where(mask, X, 0.0)
+    replicated = np.where(mask, replicated, 0.0)      # compare like with like: observed entries
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape != (X.shape[1],):
+            raise ValueError(f"groups must give one label per sample ({X.shape[1]}), got "
+                             f"shape {labels.shape}.")
+        levels = pd.unique(labels)
+        member = labels[None, :] == np.asarray(levels)[:, None]        # (G, N)
+        observed, replicated = observed @ member.T, replicated @ member.T
+        columns = [str(level) for level in levels]
+    else:
+        columns = None
+    if features is None:
+        chosen = np.argsort(-observed.sum(axis=1))[:max_panels]
+    else:
+        positions = names.get_indexer(list(features))
+        if (positions < 0).any():
+            raise ValueError(f"features {[f for f, p in zip(features, positions) if p < 0][:3]} "
+                             f"are not in the fit; choose from {list(names[:5])}...")
+        chosen = positions
+    tails = [(1 - prob) / 2, 0.5, (1 + prob) / 2]
+    ncols = min(ncols, len(chosen))
+    nrows = -(-len(chosen) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(4.2 * ncols, 2.8 * nrows),
+                             constrained_layout=True)
+    for ax in axes.ravel()[len(chosen):]:
+        ax.set_visible(False)
+    outside_total = count_total = 0
+    for ax, i in zip(axes.ravel(), chosen):
+        values = observed[i]
+        lower, median, upper = np.quantile(replicated[:, i], tails, axis=0)
+        order = np.argsort(values) if columns is None else np.arange(len(values))
+        x = np.arange(len(order))
+        ax.vlines(x, lower[order], upper[order], color="0.6", linewidth=3,
+                  label=f"{round(100 * prob)}% predictive interval")
+        ax.scatter(x, median[order], marker="_", color="0.3", s=30, label="predictive median")
+        outside = (values < lower) | (values > upper)
+        ax.scatter(x, values[order], s=12, zorder=3,
+                   c=np.where(outside[order], "tab:red", "tab:blue"), label="observed")
+        outside_total += int(outside.sum())
+        count_total += len(values)
+        ax.set_title(f"{names[i]}: {outside.sum()} of {len(values)} outside", fontsize=9)
+        if columns is None:
+            ax.set_xlabel("samples, by observed value", fontsize=8)
+            ax.set_xticks([])
+        else:
+            ax.set_xticks(x, columns, rotation=45, ha="right", fontsize=7)
+    fig.legend(*axes.ravel()[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=3, fontsize=8)
+    fig.suptitle(f"posterior predictive check ({fit.model.name} model): {outside_total} of "
+                 f"{count_total} observed values outside their {round(100 * prob)}% interval "
+                 f"(about {round(100 * (1 - prob))}% expected)")
+    return fig
+
+
+def plot_dispersion(fit, prob: float = 0.9):
+    """Dispersion check: observed variance / mean of each feature against the model's.
+
+    x: each feature's observed mean; y: its variance / mean across the observed samples.
+    Grey bars are the ``prob`` interval of the same ratio over replicated data sets
+    (:meth:`bnmf.Fit.dispersion_check`); features whose observed ratio is above theirs are
+    red. Many red features mean the counts are overdispersed for the fitted likelihood: a
+    negative binomial model (``model="negbin"``) allows for that extra variance.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fit = _with_replicates(fit)
+    table = fit.dispersion_check(prob).dropna(subset=["observed"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    x = table["mean"].to_numpy()
+    ax.vlines(x, table["lower"], table["upper"], color="0.65", linewidth=2.5,
+              label=f"replicated, {round(100 * prob)}% interval")
+    above = table["above"].to_numpy()
+    ax.scatter(x[~above], table["observed"][~above], s=14, color="tab:blue", zorder=3,
+               label="observed, within or below")
+    ax.scatter(x[above], table["observed"][above], s=18, color="tab:red", zorder=3,
+               label="observed, above: overdispersed")
+    ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1, label="variance = mean")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("observed mean of the feature over samples")
+    ax.set_ylabel("variance / mean over samples")
+    ax.legend(fontsize=8)
+    fraction = table.attrs["fraction_above"]
+    verdict = ("overdispersed for this likelihood: consider model='negbin'"
+               if fraction > 2 * (1 - prob) else "consistent with the fitted likelihood")
+    ax.set_title(f"{fit.model.name} model: {int(above.sum())} of {len(table)} features above "
+                 f"their interval ({100 * fraction:.0f}%; {100 * (1 - prob) / 2:.0f}% expected)"
+                 f"\n{verdict}", fontsize=9)
     return fig

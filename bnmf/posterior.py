@@ -8,8 +8,9 @@ plain ``xarray.Dataset`` groups and hands them to :func:`to_arviz`.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib.metadata import PackageNotFoundError, version
 
 import arviz as az
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import xarray as xr
+from numpyro import handlers
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
@@ -27,7 +29,7 @@ from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
 
-__all__ = ["Fit", "load", "read_anndata", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
+__all__ = ["Fit", "compare", "dispersion_statistic", "load", "read_anndata", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
 
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 DRAW_DIMS = ("chain", "draw")
@@ -386,6 +388,177 @@ class Fit:
         lpd = total - np.log(n_draws)
         return np.where(data.mask, lpd, np.nan)
 
+    # ---- posterior predictive checks and ArviZ's model comparison
+    def _flat_sites(self) -> dict:
+        """Every posterior site with the (chain, draw) dims stacked: name → (draws, ...)."""
+        posterior = arviz_group(self.idata, "posterior")
+        return {name: posterior[name].values.reshape((-1,) + posterior[name].shape[2:])
+                for name in posterior.data_vars}
+
+    def posterior_predictive(self, num_draws: int = 100, seed: int = 0,
+                             max_chunk_entries: int = 2**24) -> "Fit":
+        """This fit with replicated data: X drawn from the model's own likelihood at posterior
+        draws, in an ArviZ ``posterior_predictive`` group beside ``observed_data``.
+
+        Each replicate takes one posterior draw θ (the ``num_draws`` draws evenly spaced over
+        the fit's; drawn with replacement when it has fewer, e.g. the single draw of a MAP
+        fit) and samples every entry of X (unobserved ones too) from the model's likelihood
+        p(X | θ). The likelihood is the one of the model's NumPyro program (its observed site
+        ``X``), so every model, present or future, is checked by its own sampling
+        distribution. The group holds ``X`` (chain, draw, feature, observation) dense:
+        ``num_draws × n_features × n_samples`` values. It is kept by :meth:`save`; a
+        :func:`bnmf.plotting.plot_ppc` and :func:`bnmf.plotting.plot_dispersion` draw it, and
+        :meth:`dispersion_check` tabulates it.
+
+        Returns
+        -------
+        Fit
+            A new Fit whose ``idata`` has every group of this one plus
+            ``posterior_predictive`` (replacing an earlier one); ``attrs["seed"]`` records
+            ``seed``.
+        """
+        if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) \
+                or num_draws < 1:
+            raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
+        sites = self._flat_sites()
+        available = sites["W"].shape[0]
+        rng = np.random.default_rng(seed)
+        if num_draws <= available:
+            chosen = np.linspace(0, available - 1, num_draws).round().astype(int)
+        else:
+            chosen = np.sort(rng.choice(available, num_draws, replace=True))
+        model = self.model
+        n_features, n_samples = sites["W"].shape[1], sites["H"].shape[2]
+        shape = (n_features, n_samples)
+        X = jnp.zeros(shape, dtype=jax.dtypes.canonicalize_dtype(sites["W"].dtype))
+        keys = jax.random.split(jax.random.PRNGKey(int(seed)), num_draws)
+        chunk = max(1, max_chunk_entries // (n_features * n_samples))
+        blocks = []
+        with numerics():
+            for start in range(0, num_draws, chunk):
+                picked = {name: jnp.asarray(value[chosen[start:start + chunk]])
+                          for name, value in sites.items()}
+                blocks.append(np.asarray(_replicate(model, X, picked, keys[start:start + chunk],
+                                                    self.rank)))
+        replicated = np.concatenate(blocks)[None]
+        posterior = arviz_group(self.idata, "posterior")
+        group = xr.Dataset(
+            {"X": (DRAW_DIMS + ("feature", "observation"), replicated)},
+            coords={"chain": [0], "draw": np.arange(num_draws),
+                    "feature": posterior["feature"].values,
+                    "observation": posterior["observation"].values},
+            attrs={"seed": int(seed), "posterior_draws": json.dumps(chosen.tolist())})
+        return Fit(_with_group(self.idata, "posterior_predictive", group))
+
+    def replicated_data(self) -> np.ndarray:
+        """The replicated X of :meth:`posterior_predictive`: (num_draws, n_features, n_samples)."""
+        if "posterior_predictive" not in arviz_group_names(self.idata):
+            raise ValueError("this fit has no posterior_predictive group; make one with "
+                             "fit = fit.posterior_predictive(num_draws, seed).")
+        X = arviz_group(self.idata, "posterior_predictive")["X"].values
+        return X.reshape((-1,) + X.shape[2:])
+
+    def dispersion_check(self, prob: float = 0.9) -> pd.DataFrame:
+        """Observed against replicated dispersion (variance / mean over the observed samples)
+        of each feature: does the likelihood allow for the spread of the data?
+
+        For Poisson counts the ratio of the variance to the mean across samples is the
+        model's own prediction only after the activities' differences are taken into account,
+        so the statistic is compared with its distribution over replicated data sets (a
+        posterior predictive check), not with 1. Observed ratios above their predictive
+        interval in many features mean overdispersion: a negative binomial likelihood fits
+        such counts.
+
+        Returns
+        -------
+        DataFrame, one row per feature
+            ``mean`` (observed), ``observed`` (variance / mean), ``lower``, ``median``,
+            ``upper`` (the ``prob`` interval of the replicated ratio), ``p_value``
+            (P(replicated ≥ observed)) and ``above`` (observed > upper). Features with no
+            observed count have NaN ratios. ``attrs["fraction_above"]`` is the share of
+            features above their interval (about ``(1 - prob) / 2`` when the model fits).
+        """
+        if not 0 < prob < 1:
+            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        replicated = self.replicated_data()
+        X, mask = _training_data(self.idata)
+        observed_mean, observed = dispersion_statistic(X, mask)
+        _, draws = dispersion_statistic(replicated.astype(np.float64), mask)
+        with warnings.catch_warnings():    # features without counts: all-NaN columns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lower, median, upper = np.nanquantile(
+                draws, [(1 - prob) / 2, 0.5, (1 + prob) / 2], axis=0)
+        p_value = np.mean(draws >= observed, axis=0)
+        defined = np.isfinite(observed)
+        table = pd.DataFrame(
+            {"mean": observed_mean, "observed": observed, "lower": lower, "median": median,
+             "upper": upper, "p_value": np.where(defined, p_value, np.nan),
+             "above": defined & (observed > upper)},
+            index=pd.Index(arviz_group(self.idata, "posterior")["feature"].values,
+                           name="feature"))
+        table.attrs["fraction_above"] = float(table["above"].sum() / max(defined.sum(), 1))
+        table.attrs["prob"] = float(prob)
+        return table
+
+    def pointwise_log_likelihood(self, max_chunk_entries: int = 2**24) -> np.ndarray:
+        """log p(X_ij | θ_s) of every posterior draw and training entry: (chain, draw,
+        n_features, n_samples), float64, NaN where unobserved. Its log-mean-exp over draws is
+        :meth:`log_likelihood`."""
+        X_train, mask = _training_data(self.idata)
+        data = prepare(X_train, mask=mask, missing="mask", counts=self.model.needs_counts,
+                       scoring=True)
+        sites = self._flat_sites()
+        X = jnp.asarray(data.values, dtype=jax.dtypes.canonicalize_dtype(sites["W"].dtype))
+        n_draws = sites["W"].shape[0]
+        chunk = max(1, max_chunk_entries // X.size)
+        blocks = []
+        with numerics():
+            for start in range(0, n_draws, chunk):
+                picked = {name: jnp.asarray(value[start:start + chunk])
+                          for name, value in sites.items()}
+                blocks.append(np.asarray(_log_likelihood_per_draw(self.model, X, picked),
+                                         dtype=np.float64))
+        ll = np.where(data.mask, np.concatenate(blocks), np.nan)
+        chains, draws = self._draws("W").shape[:2]
+        return ll.reshape((chains, draws) + ll.shape[1:])
+
+    def with_log_likelihood(self) -> "Fit":
+        """This fit with an ArviZ ``log_likelihood`` group, so ``arviz.loo(fit.idata)`` and
+        ``arviz.compare`` work on it (:meth:`loo`, :func:`compare` call them).
+
+        The group holds ``X``: log p(X_ij | θ_s) per draw (:meth:`pointwise_log_likelihood`),
+        dims (chain, draw, feature, observation), or (chain, draw, entry) over the observed
+        entries when some are unobserved (coordinates ``entry_feature`` and
+        ``entry_observation`` name each entry). Its size is draws × entries (float64).
+        """
+        ll = self.pointwise_log_likelihood()
+        posterior = arviz_group(self.idata, "posterior")
+        features, observations = posterior["feature"].values, posterior["observation"].values
+        _, mask = _training_data(self.idata)
+        coords = {"chain": posterior["chain"].values, "draw": posterior["draw"].values}
+        if mask.all():
+            group = xr.Dataset({"X": (DRAW_DIMS + ("feature", "observation"), ll)},
+                               coords={**coords, "feature": features,
+                                       "observation": observations})
+        else:
+            rows, cols = np.nonzero(mask)
+            group = xr.Dataset({"X": (DRAW_DIMS + ("entry",), ll[:, :, rows, cols])},
+                               coords={**coords, "entry": np.arange(rows.size),
+                                       "entry_feature": ("entry", features[rows]),
+                                       "entry_observation": ("entry", observations[cols])})
+        return Fit(_with_group(self.idata, "log_likelihood", group))
+
+    def loo(self, pointwise: bool = False):
+        """PSIS leave-one-out cross-validation of every observed entry, by the installed
+        ArviZ (``arviz.loo``; ArviZ ≥ 1 takes it from ``arviz_stats``). Returns ArviZ's
+        ``ELPDData``. Needs posterior draws (not a MAP fit)."""
+        if self.num_draws < 2:
+            raise ValueError(f"loo needs posterior draws; a fit with method={self.method!r} "
+                             "is a point estimate.")
+        fit = self if "log_likelihood" in arviz_group_names(self.idata) \
+            else self.with_log_likelihood()
+        return az.loo(fit.idata, pointwise=pointwise, var_name="X")
+
     # ---- AnnData (scanpy)
     def to_anndata(self, adata=None, key: str = "bnmf", prob: float = 0.9):
         """Write the parts and activities, with intervals, into an AnnData (cells × genes).
@@ -506,6 +679,75 @@ def _log_likelihood_per_draw(model, X, sites: dict):
     model is a pytree of its hyperparameters (:func:`bnmf.models.base.hyperparameter_pytree`),
     so fits of other data, whose scales differ, reuse the program."""
     return jax.vmap(lambda site: model.log_likelihood(X, site["W"], site["H"], site))(sites)
+
+
+@partial(jax.jit, static_argnames=("rank",))
+def _replicate(model, X, sites: dict, keys, rank: int):
+    """One replicated X (n_features, n_samples) per draw of ``sites`` (name → (draws, ...))
+    and key: the distribution of the observed site ``X`` of the model's own NumPyro program,
+    with every latent site fixed at the draw, sampled with the key."""
+    mask = jnp.ones(X.shape, dtype=bool)
+
+    def one(site, key):
+        values = dict(site)
+        values["H"] = site["H"].T    # NumPyro's layout (samples, rank); see to_bnmf_layout
+        program = handlers.substitute(handlers.seed(model.numpyro_model, 0), data=values)
+        trace = handlers.trace(program).get_trace(X, mask, rank)
+        return trace["X"]["fn"].sample(key).T
+
+    return jax.vmap(one)(sites, keys)
+
+
+def dispersion_statistic(X, mask):
+    """Mean and variance / mean over the observed samples of each feature.
+
+    X is (..., n_features, n_samples) (leading dims, e.g. replicated draws, are kept), mask
+    (n_features, n_samples). Returns (mean, ratio), each (..., n_features); NaN where a
+    feature has no positive observed mean or fewer than two observed samples.
+    """
+    X = np.where(mask, X, 0.0)
+    n = mask.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = X.sum(axis=-1) / n
+        variance = (np.where(mask, X - mean[..., None], 0.0) ** 2).sum(axis=-1) / (n - 1)
+        ratio = np.where((mean > 0) & (n > 1), variance / mean, np.nan)
+    return mean, ratio
+
+
+def _with_group(idata, name: str, group: xr.Dataset):
+    """A new ArviZ container with every group of ``idata`` and ``group`` under ``name``."""
+    groups = {g: arviz_group(idata, g) for g in arviz_group_names(idata) if g != name}
+    groups[name] = group
+    return to_arviz(groups)
+
+
+def compare(fits: dict, **options) -> pd.DataFrame:
+    """Rank fits of the same data by PSIS-LOO expected log predictive density, with the
+    installed ArviZ's ``compare`` (``options`` are passed to it, e.g. ``method``).
+
+    Parameters
+    ----------
+    fits : dict
+        name → Fit (each with posterior draws), all of the same X and mask.
+
+    Returns
+    -------
+    DataFrame
+        ArviZ's comparison table, best fit first.
+    """
+    if not isinstance(fits, dict) or len(fits) < 2:
+        raise ValueError("compare needs a dict of at least two fits, name → Fit.")
+    shapes = {name: _training_data(fit.idata)[0].shape for name, fit in fits.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"the fits are of data of different shapes {shapes}; compare fits "
+                         "of the same X.")
+    idatas = {}
+    for name, fit in fits.items():
+        if fit.num_draws < 2:
+            raise ValueError(f"fit {name!r} is a point estimate (method={fit.method!r}); "
+                             "compare needs posterior draws.")
+        idatas[name] = fit.with_log_likelihood().idata
+    return az.compare(idatas, var_name="X", **options)
 
 
 def _import_anndata():
