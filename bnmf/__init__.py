@@ -7,6 +7,7 @@
 from . import models, tl
 from .calling import Calls, decompose, match, refit
 from .fitting import fit
+from .network import NetworkFit, fit_network
 from .posterior import Fit, compare, load, read_anndata
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
@@ -15,10 +16,12 @@ __all__ = [
     "BayesianNMF",
     "Calls",
     "Fit",
+    "NetworkFit",
     "RankSelection",
     "compare",
     "decompose",
     "fit",
+    "fit_network",
     "load",
     "match",
     "models",

@@ -835,6 +835,19 @@ def read_anndata(adata, key: str = "bnmf") -> dict:
             "info": meta}
 
 
-def load(path) -> Fit:
-    """Read a fit written by :meth:`Fit.save`."""
-    return Fit(read_netcdf(path))
+# result classes of other model families (e.g. bnmf.network.NetworkFit), by the "result_kind"
+# attribute of their posterior group; a file without it holds a Fit
+_RESULT_KINDS: dict = {}
+
+
+def register_result_kind(kind: str, cls) -> None:
+    """Let :func:`load` return ``cls(idata)`` for files whose posterior has
+    ``attrs["result_kind"] == kind``."""
+    _RESULT_KINDS[kind] = cls
+
+
+def load(path):
+    """Read a fit written by :meth:`Fit.save` (or by another result's ``save``)."""
+    idata = read_netcdf(path)
+    kind = arviz_group(idata, "posterior").attrs.get("result_kind")
+    return _RESULT_KINDS[kind](idata) if kind in _RESULT_KINDS else Fit(idata)

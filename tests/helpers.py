@@ -42,3 +42,22 @@ def generalized_kl(X, WH):
 
 def frobenius(X, WH):
     return float(0.5 * np.sum((np.asarray(X) - np.asarray(WH)) ** 2))
+
+
+def planted_overlapping_graph(n_nodes=150, rank=4, overlap=0.3, strength=0.6, seed=0):
+    """An undirected graph from the edge-partition model with planted overlapping communities.
+
+    Every node joins one community with membership ``strength`` times a degree factor
+    (Gamma(4, 1/4)); a share ``overlap`` of nodes joins a second one at half that weight.
+    Returns (A (n, n) 0/1, true memberships W (n, rank))."""
+    rng = np.random.default_rng(seed)
+    W = np.zeros((n_nodes, rank))
+    first = rng.integers(rank, size=n_nodes)
+    W[np.arange(n_nodes), first] = 1.0
+    second = (first + rng.integers(1, rank, size=n_nodes)) % rank
+    joins = rng.uniform(size=n_nodes) < overlap
+    W[np.arange(n_nodes)[joins], second[joins]] = 0.5
+    W *= strength * rng.gamma(4.0, 0.25, size=(n_nodes, 1))
+    P = 1.0 - np.exp(-W @ W.T)
+    A = np.triu((rng.uniform(size=P.shape) < P).astype(float), 1)
+    return A + A.T, W
