@@ -9,15 +9,18 @@ from .calling import Calls, decompose, match, refit
 from .fitting import fit
 from .network import NetworkFit, fit_network
 from .posterior import Fit, compare, load, read_anndata
+from .resampling import Bootstrap, bootstrap
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
 __all__ = [
     "BayesianNMF",
+    "Bootstrap",
     "Calls",
     "Fit",
     "NetworkFit",
     "RankSelection",
+    "bootstrap",
     "compare",
     "decompose",
     "fit",

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_dispersion", "plot_exposures", "plot_parts",
-           "plot_ppc", "plot_top_features", "reference_matches"]
+__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_bootstrap", "plot_dispersion", "plot_exposures",
+           "plot_parts", "plot_ppc", "plot_top_features", "reference_matches"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
 SBS96_COLOURS = {
@@ -386,4 +386,55 @@ def plot_dispersion(fit, prob: float = 0.9):
     ax.set_title(f"{fit.model.name} model: {int(above.sum())} of {len(table)} features above "
                  f"their interval ({100 * fraction:.0f}%; {100 * (1 - prob) / 2:.0f}% expected)"
                  f"\n{verdict}", fontsize=9)
+    return fig
+
+
+def plot_bootstrap(result, components=None, top: int = 15):
+    """Each part's top features: the posterior interval of the full-data fit beside the
+    cohort-bootstrap interval (:func:`bnmf.bootstrap`), at the bootstrap's ``prob``.
+
+    Wider bootstrap bars mean that another cohort drawn like this one would give a different
+    part than this cohort's posterior allows; a panel title gives the part's stability (share
+    of resamples reproducing it) and the ratio of the mean interval widths.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    reference = result.reference
+    prob = result.settings["prob"]
+    W = reference.W
+    W = _as_frame(W, range(W.shape[0]), range(W.shape[1]))
+    boot_low, boot_high = (_as_frame(b, W.index, W.columns) for b in result.interval(prob))
+    posterior = None
+    if reference.num_draws > 1:
+        posterior = [_as_frame(b, W.index, W.columns) for b in reference.interval(prob)["W"]]
+    components = list(W.columns if components is None else components)
+    ncols = min(3, len(components))
+    nrows = -(-len(components) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(4.4 * ncols, 0.22 * top * nrows + 1.2),
+                             constrained_layout=True)
+    for ax in axes.ravel()[len(components):]:
+        ax.set_visible(False)
+    for ax, component in zip(axes.ravel(), components):
+        order = np.argsort(-W[component].to_numpy())[:top][::-1]
+        y = np.arange(len(order))
+        mean = W[component].to_numpy()[order]
+        ax.barh(y, mean, color="0.85", height=0.8)
+        if posterior is not None:
+            ax.hlines(y + 0.15, posterior[0][component].to_numpy()[order],
+                      posterior[1][component].to_numpy()[order], color="tab:blue",
+                      linewidth=2, label="posterior (this cohort)")
+        ax.hlines(y - 0.15, boot_low[component].to_numpy()[order],
+                  boot_high[component].to_numpy()[order], color="tab:orange", linewidth=2,
+                  label="bootstrap (another cohort)")
+        ax.set_yticks(y, [str(label) for label in W.index[order]], fontsize=7)
+        row = result.table.loc[list(W.columns).index(component)]
+        ax.set_title(f"part {component}: stability {row['stability']:.2f}, "
+                     f"width ratio {row['width_ratio']:.2g}", fontsize=9)
+    fig.legend(*axes.ravel()[0].get_legend_handles_labels(), loc="outside lower center",
+               ncols=2, fontsize=8)
+    fig.suptitle(f"{round(100 * prob)}% intervals of each part's top loadings: posterior vs "
+                 f"{result.W.shape[0]} cohort bootstrap refits ({result.settings['method']})")
     return fig

@@ -29,7 +29,8 @@ from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
 
-__all__ = ["Fit", "compare", "dispersion_statistic", "load", "read_anndata", "normalize", "align_permutation", "to_arviz", "ARVIZ_MAJOR"]
+__all__ = ["ARVIZ_MAJOR", "Fit", "align_permutation", "compare", "dispersion_statistic", "load",
+           "normalize", "read_anndata", "to_arviz"]
 
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 DRAW_DIMS = ("chain", "draw")
@@ -396,7 +397,7 @@ class Fit:
                 for name in posterior.data_vars}
 
     def posterior_predictive(self, num_draws: int = 100, seed: int = 0,
-                             max_chunk_entries: int = 2**24) -> "Fit":
+                             max_chunk_entries: int = 2**24) -> Fit:
         """This fit with replicated data: X drawn from the model's own likelihood at posterior
         draws, in an ArviZ ``posterior_predictive`` group beside ``observed_data``.
 
@@ -522,7 +523,7 @@ class Fit:
         chains, draws = self._draws("W").shape[:2]
         return ll.reshape((chains, draws) + ll.shape[1:])
 
-    def with_log_likelihood(self) -> "Fit":
+    def with_log_likelihood(self) -> Fit:
         """This fit with an ArviZ ``log_likelihood`` group, so ``arviz.loo(fit.idata)`` and
         ``arviz.compare`` work on it (:meth:`loo`, :func:`compare` call them).
 

@@ -13,7 +13,7 @@ anndata = pytest.importorskip("anndata")
 @pytest.fixture(scope="module")
 def cells():
     """40 cells × 30 genes of Poisson counts from 3 known programs, as an AnnData."""
-    X, W, H = simulate(30, 40, rank=3, counts_per_sample=800, seed=5)
+    X, W, _ = simulate(30, 40, rank=3, counts_per_sample=800, seed=5)
     adata = anndata.AnnData(X=X.T.astype(np.float32),
                             obs=pd.DataFrame(index=[f"cell{j}" for j in range(40)]),
                             var=pd.DataFrame(index=[f"g{i}" for i in range(30)]))
