@@ -8,13 +8,14 @@ from . import models, tl
 from .calling import Calls, decompose, match, refit
 from .fitting import fit
 from .network import NetworkFit, fit_network
-from .posterior import Fit, compare, load, read_anndata
+from .posterior import BnmfWarning, Fit, compare, load, read_anndata
 from .resampling import Bootstrap, bootstrap
 from .selection import RankSelection, select_rank
 from .sklearn import BayesianNMF
 
 __all__ = [
     "BayesianNMF",
+    "BnmfWarning",
     "Bootstrap",
     "Calls",
     "Fit",

@@ -12,7 +12,7 @@ from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
 from .inference.common import numerics, to_device
 from .inference.counts import SparseCounts, sparse_counts
-from .models import MODELS, PoissonGamma, get_model
+from .models import MODELS, HierarchicalPoissonGamma, PoissonGamma, get_model
 from .posterior import Fit, build_idata
 
 __all__ = ["fit", "fit_data", "default_method"]
@@ -61,7 +61,9 @@ def _check_inference_options(method: str, options: dict) -> None:
 def _problem_values(data: Data, model, method: str, dtype: str):
     """X for the Problem: SciPy sparse input goes to the O(nnz) Poisson paths (``map`` and
     ``cavi`` of the Poisson–gamma model) as SparseCounts, everything else as a dense array."""
-    if data.sparse is not None and method in ("map", "cavi") and isinstance(model, PoissonGamma):
+    if data.sparse is not None and (
+            (method in ("map", "cavi") and isinstance(model, PoissonGamma))
+            or (method == "gibbs" and isinstance(model, (PoissonGamma, HierarchicalPoissonGamma)))):
         return sparse_counts(data.sparse, dtype=dtype, hidden=data.hidden)
     return to_device(data.values, dtype)
 

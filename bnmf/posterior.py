@@ -29,8 +29,9 @@ from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
 
-__all__ = ["ARVIZ_MAJOR", "Fit", "align_permutation", "compare", "dispersion_statistic", "load",
-           "normalize", "read_anndata", "to_arviz"]
+__all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "align_permutation", "compare",
+           "convergence_diagnostics", "dispersion_statistic", "load", "normalize", "read_anndata",
+           "to_arviz"]
 
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 DRAW_DIMS = ("chain", "draw")
@@ -46,6 +47,11 @@ SITE_DIMS = {
     "tau_H": ("component",),
     "c2_H": ("component",),
     "lambda_H": ("observation", "component"),
+    # learned per-component gamma shapes and rates (HierarchicalPoissonGamma)
+    "a_W": ("component",),
+    "b_W": ("component",),
+    "a_H": ("component",),
+    "b_H": ("component",),
 }
 
 
@@ -165,6 +171,63 @@ def align_draws(draws: dict) -> dict:
     return aligned
 
 
+# ------------------------------------------------------------------ MCMC convergence checks
+class BnmfWarning(UserWarning):
+    """A result bnmf computed but does not trust (e.g. chains that have not converged)."""
+
+
+# Sampling methods whose chains are checked; thresholds of Vehtari et al. (2021).
+MCMC_METHODS = ("nuts", "gibbs")
+RHAT_MAX = 1.01
+ESS_MIN = 100
+# Share of entries allowed past a threshold before a BnmfWarning.
+DIAGNOSTIC_TOLERANCE = 0.01
+
+
+def convergence_diagnostics(draws: dict) -> xr.Dataset:
+    """Rank-normalized split R-hat and bulk and tail ESS (ArviZ) of every entry of the
+    normalized, aligned draws of W (feature, component) and H (component, observation):
+    variables ``rhat_W``, ``ess_bulk_W``, ``ess_tail_W`` and the same for H."""
+    posterior = xr.Dataset({name: (DRAW_DIMS + SITE_DIMS[name], np.asarray(draws[name]))
+                            for name in ("W", "H")})
+    rhat = az.rhat(posterior)
+    bulk = az.ess(posterior, method="bulk")
+    tail = az.ess(posterior, method="tail")
+    return xr.Dataset({f"{stat}_{name}": source[name] for name in ("W", "H")
+                       for stat, source in (("rhat", rhat), ("ess_bulk", bulk),
+                                            ("ess_tail", tail))})
+
+
+def diagnostics_summary(diagnostics: xr.Dataset) -> dict:
+    """What fit.info reports: worst R-hat and ESS, and the share of entries past the
+    thresholds, for W and H."""
+    summary = {}
+    for name in ("W", "H"):
+        rhat = diagnostics[f"rhat_{name}"].values
+        ess = np.minimum(diagnostics[f"ess_bulk_{name}"].values,
+                         diagnostics[f"ess_tail_{name}"].values)
+        summary[f"rhat_max_{name}"] = float(np.nanmax(rhat))
+        summary[f"rhat_above_{RHAT_MAX}_{name}"] = float(np.mean(~(rhat <= RHAT_MAX)))
+        summary[f"ess_min_{name}"] = float(np.nanmin(ess))
+        summary[f"ess_below_{ESS_MIN}_{name}"] = float(np.mean(~(ess >= ESS_MIN)))
+    return summary
+
+
+def warn_if_unconverged(summary: dict, method: str) -> None:
+    """A BnmfWarning naming what to do when more than 1% of the entries of W or H have R-hat
+    above 1.01 or bulk/tail ESS below 100."""
+    bad = [f"{name}: {summary[f'rhat_above_{RHAT_MAX}_{name}']:.1%} of entries with R-hat > "
+           f"{RHAT_MAX}, {summary[f'ess_below_{ESS_MIN}_{name}']:.1%} with ESS < {ESS_MIN}"
+           for name in ("W", "H")
+           if max(summary[f"rhat_above_{RHAT_MAX}_{name}"],
+                  summary[f"ess_below_{ESS_MIN}_{name}"]) > DIAGNOSTIC_TOLERANCE]
+    if bad:
+        warnings.warn(
+            f"method={method!r}: the chains may not have converged ({'; '.join(bad)}). Run "
+            "longer (num_warmup=, num_samples=), more chains (num_chains=), or thin=; see "
+            "fit.info and fit.idata.sample_stats.", BnmfWarning, stacklevel=4)
+
+
 # -------------------------------------------------------------------------------- the Fit
 def _component_coords(rank: int) -> np.ndarray:
     return np.arange(rank)
@@ -214,6 +277,15 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
         observed = xr.Dataset({"X": (dims, values)}, coords=coords)
         constant = xr.Dataset({"mask": (dims, data.mask)}, coords=coords)
     stats = xr.Dataset({"loss": (("iteration",), np.asarray(raw.losses, dtype=np.float64))})
+    n_chains, n_draws = draws["W"].shape[:2]
+    if meta["method"] in MCMC_METHODS and n_chains >= 2 and n_draws >= 4:
+        diagnostics = convergence_diagnostics(draws).assign_coords(
+            {dim: posterior[dim].values for dim in ("feature", "component", "observation")})
+        stats = xr.merge([stats, diagnostics])
+        summary = diagnostics_summary(diagnostics)
+        posterior.attrs["inference_info"] = json.dumps(
+            {**json.loads(posterior.attrs["inference_info"]), "diagnostics": summary})
+        warn_if_unconverged(summary, meta["method"])
     return to_arviz({"posterior": posterior, "observed_data": observed,
                      "constant_data": constant, "sample_stats": stats})
 

@@ -2,10 +2,13 @@
 
 from .cavi import fit_cavi
 from .common import Problem, RawPosterior
+from .gibbs import fit_gibbs
 from .map import fit_map
 from .nuts import fit_nuts
 from .svi import fit_svi
 
-METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts, "cavi": fit_cavi}
+METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts, "cavi": fit_cavi,
+           "gibbs": fit_gibbs}
 
-__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "fit_cavi", "METHODS"]
+__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "fit_cavi", "fit_gibbs",
+           "METHODS"]

@@ -8,12 +8,15 @@ extras)`` (per entry) and ``init_extras`` (starting values of its own sites).
 from __future__ import annotations
 
 from .gaussian import GaussianHalfNormal
+from .hierarchical import HierarchicalPoissonGamma
 from .horseshoe import Horseshoe
 from .poisson import PoissonGamma
 
-__all__ = ["PoissonGamma", "GaussianHalfNormal", "Horseshoe", "MODELS", "get_model"]
+__all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe", "MODELS",
+           "get_model"]
 
-MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe}
+MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe,
+          "poisson-hierarchical": HierarchicalPoissonGamma}
 
 
 def get_model(model, **options):

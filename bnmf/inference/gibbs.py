@@ -1,0 +1,271 @@
+"""Gibbs sampling of Poisson–gamma NMF: several chains in one compiled program.
+
+An ``(init, step)`` pair over a :class:`GibbsState`: :func:`gibbs_init` builds the state of one
+chain from a starting W, H; :func:`gibbs_step` is one sweep of exact full conditionals
+(:mod:`bnmf.inference.gibbs_poisson`): split the counts, draw W, its shapes and rates, H, its
+shapes and rates. :func:`fit_gibbs` starts every chain from its own MAP restart, ``vmap``s the
+chains, runs burn-in and then keeps every ``thin``-th sweep, in compiled chunks between which a
+progress bar advances.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..models import PoissonGamma
+from ..models.hierarchical import HierarchicalPoissonGamma
+from .common import Problem, RawPosterior, floor_positive, key_from_seed
+from .counts import SparseCounts
+from .gibbs_poisson import (
+    MAX_TOKENS,
+    Allocation,
+    HyperPrior,
+    allocation,
+    latent_sums,
+    update_H,
+    update_shape_rate,
+    update_W,
+)
+from .map import fit_map, poisson_counts
+
+__all__ = ["fit_gibbs", "gibbs_init", "gibbs_step", "GibbsState", "GIBBS_MODELS"]
+
+GIBBS_MODELS = ("poisson", "poisson-hierarchical")
+# Sweeps per compiled chunk (one dispatch and one progress update each).
+CHUNK = 50
+
+
+class GibbsState(NamedTuple):
+    """One chain: log factors, per-component shapes and rates (fixed or learned), its key."""
+
+    logW: jax.Array   # (n_features, rank)
+    logH: jax.Array   # (rank, n_samples)
+    a_W: jax.Array    # (rank,)
+    b_W: jax.Array
+    a_H: jax.Array
+    b_H: jax.Array
+    key: jax.Array
+
+
+class GibbsData(NamedTuple):
+    """What a sweep reads: the bucketed counts, the mask products' data, the hyperpriors."""
+
+    alloc: Allocation
+    counts: object        # DenseCounts or SparseCounts (for M Hᵀ, Wᵀ M)
+    prior_W: HyperPrior
+    prior_H: HyperPrior
+
+
+def check_gibbs_problem(problem: Problem) -> bool:
+    """Whether the model's hyperparameters are learned; raise for models without a sampler."""
+    if isinstance(problem.model, HierarchicalPoissonGamma):
+        return True
+    if isinstance(problem.model, PoissonGamma):
+        return False
+    name = getattr(problem.model, "name", type(problem.model).__name__)
+    raise ValueError(f"method='gibbs' samples the models {list(GIBBS_MODELS)}, got "
+                     f"model={name!r}; use method='nuts' or 'svi' for this model.")
+
+
+def gibbs_init(key, W, H, hyper: dict) -> GibbsState:
+    """State of one chain from W (n_features, rank), H (rank, n_samples) (floored away from
+    0) and hyperparameters ``{"a_W", "b_W", "a_H", "b_H"}`` of shape (rank,)."""
+    return GibbsState(jnp.log(floor_positive(W)), jnp.log(floor_positive(H)),
+                      *(jnp.asarray(hyper[k], W.dtype) for k in ("a_W", "b_W", "a_H", "b_H")),
+                      key)
+
+
+def gibbs_step(state: GibbsState, data: GibbsData, *, learn: bool, sample_W: bool) -> GibbsState:
+    """One sweep: z | W, H; W | z, H; (a_W, b_W) | W; H | z, W; (a_H, b_H) | H."""
+    key, k_split, k_W, k_hW, k_H, k_hH = jax.random.split(state.key, 6)
+    S_W, S_H = latent_sums(k_split, state.logW, state.logH, data.alloc)
+    logW, a_W, b_W = state.logW, state.a_W, state.b_W
+    if sample_W:
+        logW = update_W(k_W, state.logH, a_W, b_W, S_W, data.counts)
+        if learn:
+            a_W, b_W = update_shape_rate(k_hW, a_W, logW, 0, data.prior_W)
+    logH = update_H(k_H, logW, state.a_H, state.b_H, S_H, data.counts)
+    a_H, b_H = state.a_H, state.b_H
+    if learn:
+        a_H, b_H = update_shape_rate(k_hH, a_H, logH, 1, data.prior_H)
+    return GibbsState(logW, logH, a_W, b_W, a_H, b_H, key)
+
+
+@partial(jax.jit, static_argnames=("learn", "sample_W"))
+def _burn_in(states, data, n_sweeps, *, learn, sample_W):
+    """``n_sweeps`` (traced: one program for every chunk) sweeps of every chain, states
+    batched over chains; nothing kept."""
+    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W)
+    return jax.vmap(lambda s: jax.lax.fori_loop(0, n_sweeps, lambda _, x: step(x), s))(states)
+
+
+@partial(jax.jit, static_argnames=("learn", "sample_W"))
+def _draws(states, data, thin, *, learn, sample_W):
+    """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
+    with draws a GibbsState batched (chain, draw), keys left out."""
+    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W)
+
+    def one(state):
+        def draw(s, _):
+            s = jax.lax.fori_loop(0, thin, lambda _, x: step(x), s)
+            return s, s._replace(key=jnp.zeros((), jnp.uint32))
+        return jax.lax.scan(draw, state, None, length=CHUNK)
+
+    return jax.vmap(one)(states)
+
+
+def _entries(problem: Problem):
+    """Host (rows, cols, counts) of the non-zero observed counts."""
+    if isinstance(problem.X, SparseCounts):
+        c = problem.X
+        return np.asarray(c.rows), np.asarray(c.cols), np.asarray(c.values)
+    X, M = np.asarray(problem.X), np.asarray(problem.mask)
+    rows, cols = np.nonzero((X != 0) & M)
+    return rows, cols, X[rows, cols]
+
+
+def _priors(problem: Problem, dtype):
+    model = problem.model
+    if isinstance(model, HierarchicalPoissonGamma):
+        make = lambda rr: HyperPrior(*(jnp.asarray(v, dtype) for v in
+                                       (model.shape_scale, model.rate_shape, rr)))
+        return make(model.rate_rate_W), make(model.rate_rate_H)
+    one = HyperPrior(*(jnp.ones((), dtype) for _ in range(3)))
+    return one, one
+
+
+def _start_model(problem: Problem, observed_mean: float) -> PoissonGamma:
+    """The plain Poisson–gamma model (shape 1, balanced rates) whose MAP starts the chains."""
+    rate = 1.0 / np.sqrt(observed_mean / problem.rank)
+    return PoissonGamma(a=1.0, rate_W=rate, rate_H=rate)
+
+
+def _start_hyper(problem: Problem, W, H) -> dict:
+    model = problem.model
+    if isinstance(model, HierarchicalPoissonGamma):
+        return model.init_extras(W, H, None, None)
+    k = problem.rank
+    return {"a_W": np.full(k, model.a), "b_W": np.full(k, model.rate_W),
+            "a_H": np.full(k, model.a), "b_H": np.full(k, model.rate_H)}
+
+
+def chain_starts(problem: Problem, num_chains: int, init: str, seed: int, max_iter: int = 500):
+    """W, H of each chain: MAP restarts of the plain Poisson–gamma model (the first from
+    ``init``, the others from seeded random starts), stacked (chain, ...)."""
+    rows, cols, values = _entries(problem)
+    n_observed = (problem.X.shape[0] * problem.X.shape[1] - problem.X.hidden_rows.shape[0]
+                  if isinstance(problem.X, SparseCounts) else int(np.asarray(problem.mask).sum()))
+    start_problem = Problem(problem.X, problem.mask, problem.rank,
+                            _start_model(problem, max(float(values.sum()) / n_observed, 1e-12)),
+                            problem.W_fixed)
+    Ws, Hs = [], []
+    for c in range(num_chains):
+        run = fit_map(start_problem, init=init if c == 0 else "random", seed=seed + c,
+                      max_iter=max_iter, tol=1e-5, progress=False)
+        Ws.append(np.asarray(run.draws["W"][0, 0]))
+        Hs.append(np.asarray(run.draws["H"][0, 0]))
+    return Ws, Hs
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
+    return int(value)
+
+
+def fit_gibbs(
+    problem: Problem,
+    *,
+    init: str = "nndsvda",
+    seed: int = 0,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    thin: int = 1,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool | None = None,
+) -> RawPosterior:
+    """Sample the posterior of the ``poisson`` or ``poisson-hierarchical`` model exactly, by
+    latent-count Gibbs sampling (:mod:`bnmf.inference.gibbs_poisson`).
+
+    Parameters
+    ----------
+    problem : Problem
+        Dense X with its mask, or SparseCounts; W may be fixed (``W_fixed``).
+    init : {"nndsvda", "random"}
+        Start of the first chain's MAP; the other chains start from MAP fits of seeded random
+        starts (different restarts: label switching between chains is undone by alignment).
+    num_warmup, num_samples, thin : int
+        Burn-in sweeps, then ``num_samples`` draws kept ``thin`` sweeps apart, per chain.
+    num_chains : int
+        Chains, run together (``vmap``) in one compiled program.
+    max_tokens : int
+        Counts up to this are split token by token, larger ones by binomials (same
+        distribution; only the speed differs).
+
+    Returns
+    -------
+    RawPosterior with draws (num_chains, num_samples, ...) of W, H and, for the hierarchical
+    model, ``a_W``, ``b_W``, ``a_H``, ``b_H``; ``losses`` is empty.
+    """
+    learn = check_gibbs_problem(problem)
+    num_warmup = _check_count("num_warmup", num_warmup, 0)
+    num_samples = _check_count("num_samples", num_samples, 1)
+    num_chains = _check_count("num_chains", num_chains, 1)
+    thin = _check_count("thin", thin, 1)
+    max_tokens = _check_count("max_tokens", max_tokens, 1)
+    dtype = problem.X.dtype
+    rows, cols, values = _entries(problem)
+    alloc = allocation(rows, cols, values, dtype, max_tokens)
+    prior_W, prior_H = _priors(problem, dtype)
+    data = GibbsData(alloc, poisson_counts(problem), prior_W, prior_H)
+    sample_W = problem.W_fixed is None
+
+    Ws, Hs = chain_starts(problem, num_chains, init, seed)
+    keys = jax.random.split(key_from_seed(seed), num_chains)
+    states = [gibbs_init(k, jnp.asarray(W, dtype), jnp.asarray(H, dtype),
+                         _start_hyper(problem, W, H)) for k, W, H in zip(keys, Ws, Hs)]
+    states = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    if not sample_W:  # a fixed W is used as given (zeros only floored to the smallest float)
+        logW = jnp.log(jnp.maximum(jnp.asarray(problem.W_fixed, dtype), jnp.finfo(dtype).tiny))
+        states = states._replace(logW=jnp.broadcast_to(logW, states.logW.shape))
+
+    disable = True if progress is None else not progress
+    bar = tqdm(total=num_warmup + num_samples * thin, desc="Gibbs", disable=disable, leave=False)
+    flags = {"learn": learn, "sample_W": sample_W}
+    done = 0
+    while done < num_warmup:
+        n = min(CHUNK, num_warmup - done)
+        states = _burn_in(states, data, n, **flags)
+        done += n
+        bar.update(n)
+    chunks = []
+    kept = 0
+    while kept < num_samples:  # whole chunks of draws; the last one's surplus is dropped
+        states, draws = _draws(states, data, thin, **flags)
+        n = min(CHUNK, num_samples - kept)
+        chunks.append(jax.tree.map(lambda x: np.asarray(x[:, :n]), draws))
+        kept += n
+        bar.update(n * thin)
+    bar.close()
+    joined = {name: np.concatenate([getattr(c, name) for c in chunks], axis=1)
+              for name in ("logW", "logH", "a_W", "b_W", "a_H", "b_H")}
+    draws = {"W": np.exp(joined["logW"]), "H": np.exp(joined["logH"])}
+    if learn:
+        names = ("a_H", "b_H") if not sample_W else ("a_W", "b_W", "a_H", "b_H")
+        draws.update({name: joined[name] for name in names})
+    if not sample_W:
+        W = np.asarray(problem.W_fixed)
+        draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()
+    info = {"algorithm": "gibbs", "num_chains": num_chains, "num_warmup": num_warmup,
+            "num_samples": num_samples, "thin": thin,
+            "split": {"token_buckets": [int(b.slots.shape[0]) for b in alloc.tokens],
+                      "binomial_entries": 0 if alloc.binomial is None
+                      else int(alloc.binomial.rows.shape[0])}}
+    return RawPosterior(draws=draws, losses=np.zeros(0), elbo=None, info=info)

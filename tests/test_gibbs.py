@@ -1,0 +1,247 @@
+"""The Poisson–gamma Gibbs sampler: its conditionals against the model's own log density, its
+draws against closed-form posteriors and NUTS, and its numerics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import simulate
+from numpyro.infer.util import log_density
+from scipy import stats
+
+import bnmf
+from bnmf.data import prepare
+from bnmf.fitting import fit_data
+from bnmf.inference import gibbs_poisson as gp
+from bnmf.models import HierarchicalPoissonGamma, PoissonGamma
+
+KEY = jax.random.PRNGKey(0)
+
+
+# ------------------------------------------------------------------- the random draws
+@pytest.mark.parametrize("shape", [0.02, 0.7, 1.0, 40.0, 3e4])
+def test_log_standard_gamma_is_the_log_of_a_gamma_draw(shape):
+    """Kolmogorov–Smirnov against scipy's log-gamma law, in log space (tiny shapes would
+    underflow the draws themselves)."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        draws = np.asarray(gp.log_standard_gamma(KEY, jnp.full((20000,), shape)))
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    assert np.all(np.isfinite(draws))
+    assert stats.kstest(draws, stats.loggamma(shape).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("count", [1, 3, 12, 100, 1000])
+def test_splits_are_multinomial(count):
+    """Token and binomial splits of one count over 4 components: every split sums to the
+    count, and the split's mean and covariance are the multinomial's."""
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    n = 20000
+    logW = jnp.log(jnp.asarray(p))[None, :]
+    logH = jnp.zeros((4, n))
+    rows, cols = np.zeros(n, np.int64), np.arange(n)
+    for max_tokens in (2048, 1):  # tokens, then binomials
+        alloc = gp.allocation(rows, cols, np.full(n, count), jnp.float32, max_tokens)
+        bucket = (alloc.tokens or (alloc.binomial,))[0]
+        split = gp.split_tokens if alloc.tokens else gp.split_binomial
+        z = np.asarray(split(KEY, logW, logH, bucket), np.float64)
+        assert np.all(z.sum(axis=1) == count) and np.all(z >= 0)
+        se = np.sqrt(count * p * (1 - p) / n)
+        assert np.all(np.abs(z.mean(axis=0) - count * p) < 5 * se)
+        cov = count * (np.diag(p) - np.outer(p, p))
+        np.testing.assert_allclose(np.cov(z.T), cov, atol=0.05 * count, rtol=0.1)
+
+
+# --------------------------------------------- conditionals against the model's log density
+def _log_joint(model, X, W, H, extras=None):
+    values = {"W": W, "H": H.T, **(extras or {})}
+    return log_density(model.numpyro_model, (X, jnp.ones(X.shape, bool), W.shape[1]), {},
+                       values)[0]
+
+
+def _log_multinomial(z, X, W, H):
+    """log Mult(z_ij | X_ij, W_i ∘ H_j / (WH)_ij) summed over entries; z (F, N, K)."""
+    p = W[:, None, :] * H.T[None, :, :]
+    p = p / p.sum(axis=2, keepdims=True)
+    return np.sum(stats.multinomial.logpmf(z, X.astype(int), p))
+
+
+def _random_split(rng, X, K):
+    z = np.stack([[rng.multinomial(x, np.ones(K) / K) for x in row] for row in X])
+    return z  # (F, N, K)
+
+
+def test_factor_conditionals_are_the_models():
+    """log p(W' | z, H) − log p(W | z, H) of the sampler's gamma conditional equals the
+    augmented joint's difference, log p(X, W, H) (NumPyro's log density of the model) +
+    log Mult(z | X, W, H); the same for H."""
+    rng = np.random.default_rng(1)
+    F, N, K = 5, 6, 2
+    X = rng.poisson(4.0, (F, N)).astype(float)
+    model = PoissonGamma(a=0.7, rate_W=1.3, rate_H=0.4)
+    z = _random_split(rng, X, K)
+    H = rng.gamma(2.0, 1.0, (K, N))
+    W1, W2 = rng.gamma(2.0, 1.0, (2, F, K))
+    # the sampler's conditional: Gamma(a + Σ_j z, b + Σ_j H) per entry
+    shape, rate = model.a + z.sum(axis=1), model.rate_W + H.sum(axis=1)[None, :]
+    cond = lambda W: np.sum(stats.gamma.logpdf(W, shape, scale=1 / rate))
+    joint = lambda W: float(_log_joint(model, X, W, H)) + _log_multinomial(z, X, W, H)
+    np.testing.assert_allclose(cond(W2) - cond(W1), joint(W2) - joint(W1), rtol=1e-6)
+    W = rng.gamma(2.0, 1.0, (F, K))
+    H1, H2 = rng.gamma(2.0, 1.0, (2, K, N))
+    shape, rate = model.a + z.sum(axis=0).T, model.rate_H + W.sum(axis=0)[:, None]
+    cond = lambda H: np.sum(stats.gamma.logpdf(H, shape, scale=1 / rate))
+    joint = lambda H: float(_log_joint(model, X, W, H)) + _log_multinomial(z, X, W, H)
+    np.testing.assert_allclose(cond(H2) - cond(H1), joint(H2) - joint(H1), rtol=1e-6)
+
+
+def test_sampler_conditional_uses_the_gamma_parameters():
+    """update_W draws from Gamma(a + S_W, b + M Hᵀ): its draws' mean matches, with a mask."""
+    from bnmf.inference.counts import DenseCounts
+    rng = np.random.default_rng(2)
+    F, N, K = 3, 4, 2
+    H = rng.gamma(2.0, 1.0, (K, N))
+    M = rng.uniform(size=(F, N)) > 0.3
+    S_W = rng.integers(0, 5, (F, K)).astype(float)
+    counts = DenseCounts(jnp.zeros((F, N)), jnp.asarray(M, jnp.float32))
+    a, b = jnp.array([0.5, 2.0]), jnp.array([1.0, 3.0])
+    keys = jax.random.split(KEY, 4000)
+    draws = np.exp(np.asarray(jax.vmap(lambda k: gp.update_W(
+        k, jnp.log(jnp.asarray(H, jnp.float32)), a, b, jnp.asarray(S_W, jnp.float32),
+        counts))(keys)))
+    shape = np.asarray(a) + S_W
+    rate = np.asarray(b) + M @ H.T
+    sd = np.sqrt(shape) / rate
+    assert np.all(np.abs(draws.mean(axis=0) - shape / rate) < 5 * sd / np.sqrt(4000))
+
+
+def test_hyperparameter_conditionals_are_the_models():
+    """The collapsed shape density p(a | W) (rate integrated out) and the rate's gamma
+    conditional p(b | a, W) against NumPyro's log density of the hierarchical model:
+    log p(a, b, W, ...) − log p(b | a, W) = log p(a | W) + const for every b."""
+    rng = np.random.default_rng(4)
+    F, N, K = 7, 5, 2
+    X = rng.poisson(3.0, (F, N)).astype(float)
+    model = HierarchicalPoissonGamma(shape_scale=0.8, rate_shape=1.5, rate_rate_W=0.7,
+                                     rate_rate_H=2.0)
+    W, H = rng.gamma(0.6, 1.0, (F, K)), rng.gamma(1.5, 1.0, (K, N))
+    extras = {"a_W": np.array([0.4, 1.2]), "b_W": np.array([0.9, 2.5]),
+              "a_H": np.array([1.1, 0.8]), "b_H": np.array([0.6, 1.4])}
+    prior = gp.HyperPrior(model.shape_scale, model.rate_shape, model.rate_rate_W)
+
+    def rate_conditional(a, b):
+        return stats.gamma.logpdf(b, model.rate_shape + F * a,
+                                  scale=1 / (model.rate_rate_W + W.sum(axis=0)))
+
+    def implied(a, b):  # log p(a | W) + const, from the joint
+        e = {**extras, "a_W": a, "b_W": b}
+        return float(_log_joint(model, X, W, H, e)) - np.sum(rate_conditional(a, b))
+
+    collapsed = lambda a: float(np.sum(gp.collapsed_log_shape_density(
+        jnp.log(a), F, W.sum(axis=0), np.log(W).sum(axis=0), prior)))
+    a1, a2 = np.array([0.4, 1.2]), np.array([0.9, 0.3])
+    for b in (np.array([0.9, 2.5]), np.array([3.0, 0.2])):
+        # the implied density of log a: p(a) da = p(log a) a dlog a
+        lhs = (implied(a2, b) + np.log(a2).sum()) - (implied(a1, b) + np.log(a1).sum())
+        np.testing.assert_allclose(collapsed(a2) - collapsed(a1), lhs, rtol=1e-5)
+
+
+# ------------------------------------------------------------ draws against references
+A, B = 2.0, 0.5
+rng_c = np.random.default_rng(3)
+W_FIXED = rng_c.dirichlet(np.ones(20))[:, None]
+X_CONJ = rng_c.poisson(W_FIXED @ np.array([[40.0, 150.0, 300.0, 75.0, 500.0]])).astype(float)
+
+
+def test_gibbs_matches_the_conjugate_posterior():
+    """Rank 1 with W fixed: H_j | X ~ Gamma(a + Σ_i X_ij, b + Σ_i W_i) exactly."""
+    data = prepare(X_CONJ, counts=True)
+    fit = fit_data(data, 1, PoissonGamma(a=A, rate_W=1.0, rate_H=B), "gibbs", seed=0,
+                   dtype="float64", W_fixed=W_FIXED, num_warmup=50, num_samples=2000,
+                   num_chains=2)
+    draws = fit.idata.posterior["H"].values.reshape(-1, 5)
+    alpha, beta = A + X_CONJ.sum(axis=0), B + W_FIXED.sum()
+    sd = np.sqrt(alpha) / beta
+    assert np.all(np.abs(draws.mean(axis=0) - alpha / beta) < 4 * sd / np.sqrt(1000))
+    np.testing.assert_allclose(draws.std(axis=0), sd, rtol=0.1)
+
+
+@pytest.mark.slow
+def test_gibbs_agrees_with_nuts():
+    """Posterior means and sds of normalized W and H from Gibbs and NUTS agree within Monte
+    Carlo error (standard errors from each method's bulk ESS, 5 se for 99% of entries)."""
+    import arviz as az
+    X, _, _ = simulate(n_features=12, n_samples=15, rank=2, counts_per_sample=300, seed=5)
+    model = PoissonGamma(a=1.0, rate_W=0.3, rate_H=0.05)
+    fits = {m: bnmf.fit(X, 2, model=model, method=m, seed=1, **opts) for m, opts in
+            {"gibbs": {"num_warmup": 500, "num_samples": 2000, "num_chains": 2},
+             "nuts": {"num_warmup": 500, "num_samples": 1000, "num_chains": 2}}.items()}
+    ref = np.asarray(fits["nuts"].W)
+    perm = bnmf.posterior.align_permutation(np.asarray(fits["gibbs"].W), ref)
+    for name in ("W", "H"):
+        stat = {}
+        for m, fit in fits.items():
+            d = fit.idata.posterior[name].values
+            d = d[..., perm] if (m == "gibbs" and name == "W") else d
+            d = d[..., perm, :] if (m == "gibbs" and name == "H") else d
+            ess = az.ess(az.convert_to_dataset(d.reshape(d.shape[:2] + (-1,))))["x"].values
+            stat[m] = d.mean(axis=(0, 1)).ravel(), d.std(axis=(0, 1)).ravel(), ess
+        (mg, sg, eg), (mn, sn, en) = stat["gibbs"], stat["nuts"]
+        se = np.sqrt(sg**2 / eg + sn**2 / en)
+        assert np.mean(np.abs(mg - mn) < 5 * se) >= 0.99, name
+        # sd of a sd estimate ≈ sd / sqrt(2 ESS)
+        se_sd = np.sqrt(sg**2 / (2 * eg) + sn**2 / (2 * en))
+        assert np.mean(np.abs(sg - sn) < 5 * se_sd) >= 0.99, name
+
+
+# ------------------------------------------------------------------ data paths, numerics
+def test_sparse_and_masked_input():
+    """Sparse input gives the dense fit's draws; a masked entry's value is never read."""
+    import scipy.sparse as sp
+    X, _, _ = simulate(n_features=15, n_samples=12, rank=2, counts_per_sample=200, seed=2)
+    opts = dict(method="gibbs", num_warmup=20, num_samples=30, num_chains=2, seed=3,
+                dtype="float64")
+    dense = bnmf.fit(X, 2, **opts)
+    sparse = bnmf.fit(sp.csr_matrix(X), 2, **opts)
+    np.testing.assert_allclose(sparse.W, dense.W, rtol=1e-6, atol=1e-9)
+    mask = np.ones(X.shape, bool)
+    mask[3, 4] = mask[7, 1] = False
+    X2 = X.copy()
+    X2[3, 4], X2[7, 1] = 1e4, 0.0
+    a, b = bnmf.fit(X, 2, mask=mask, **opts), bnmf.fit(X2, 2, mask=mask, **opts)
+    np.testing.assert_array_equal(a.idata.posterior["W"].values, b.idata.posterior["W"].values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [1, 100, 100_000])
+def test_no_nan_on_sparse_parts_at_any_depth(dtype, depth):
+    """Dirichlet(0.1) parts at 1 to 10⁵ counts per sample, hierarchical model: every draw of
+    every site finite and W, H positive."""
+    rng = np.random.default_rng(0)
+    W = rng.dirichlet(np.full(20, 0.1), 3).T
+    H = rng.dirichlet(np.full(3, 0.3), 15).T * depth
+    X = rng.poisson(W @ H)
+    X[0, 0] += 1  # never an all-zero matrix
+    fit = bnmf.fit(X, 3, model="poisson-hierarchical", method="gibbs", num_warmup=30,
+                   num_samples=20, num_chains=2, dtype=dtype)
+    for name, value in fit.idata.posterior.data_vars.items():
+        assert np.all(np.isfinite(value.values)), name
+    assert np.all(fit.idata.posterior["W"].values >= 0)
+
+
+def test_gibbs_refuses_other_models_and_bad_options():
+    X = np.random.default_rng(0).poisson(3.0, (10, 8))
+    with pytest.raises(ValueError, match="method='gibbs' samples the models"):
+        bnmf.fit(X, 2, model="gaussian", method="gibbs")
+    with pytest.raises(ValueError, match="num_chains must be an integer"):
+        bnmf.fit(X, 2, method="gibbs", num_chains=0)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        gp.allocation(np.zeros(1, int), np.zeros(1, int), np.array([1.5]), jnp.float32)
+
+
+def test_same_seed_same_draws():
+    X, _, _ = simulate(n_features=10, n_samples=8, rank=2, counts_per_sample=100, seed=1)
+    opts = dict(method="gibbs", num_warmup=10, num_samples=10, num_chains=2, seed=4)
+    a, b = bnmf.fit(X, 2, **opts), bnmf.fit(X, 2, **opts)
+    np.testing.assert_array_equal(a.idata.posterior["H"].values, b.idata.posterior["H"].values)
