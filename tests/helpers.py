@@ -61,3 +61,36 @@ def planted_overlapping_graph(n_nodes=150, rank=4, overlap=0.3, strength=0.6, se
     P = 1.0 - np.exp(-W @ W.T)
     A = np.triu((rng.uniform(size=P.shape) < P).astype(float), 1)
     return A + A.T, W
+
+def fit_seeing_hidden_values(X, rank, mask, value=1e6, model="poisson", **options):
+    """``bnmf.fit(X, rank, model=model, mask=mask, **options)``, except that ``value`` is
+    written into every unobserved entry *after* validation (which zeroes or drops them), so the
+    inference itself receives it: a fit that honours the mask gives the same result as
+    ``bnmf.fit``; one that lets masked entries in does not. Dense or SciPy sparse ``X``. The
+    data-driven priors are resolved from the validated data first, as ``bnmf.fit`` does
+    (validated sparse data hold no counts at unobserved entries, which the prior scales rely
+    on)."""
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from bnmf.data import check_rank, prepare
+    from bnmf.fitting import _split_options, fit_data
+    from bnmf.models import get_model
+
+    model_options, options = _split_options(model, options)
+    model_obj = get_model(model, **model_options)
+    data = prepare(X, mask=mask, counts=model_obj.needs_counts)
+    rank = check_rank(rank, data.shape)
+    model_obj = model_obj.resolve(data, rank)
+    if data.sparse is not None:
+        rows, cols = data.hidden
+        assert rows.size, "the mask hides nothing"
+        planted = sp.coo_matrix((np.full(rows.size, value), (rows, cols)), shape=data.shape)
+        poisoned = (data.sparse + planted).tocoo()
+        poisoned.sum_duplicates()
+        data = dataclasses.replace(data, values=None, mask=None, sparse=poisoned)
+    else:
+        assert not data.mask.all(), "the mask hides nothing"
+        data = dataclasses.replace(data, values=np.where(data.mask, data.values, value))
+    return fit_data(data, rank, model_obj, **options)
