@@ -62,6 +62,7 @@ def planted_overlapping_graph(n_nodes=150, rank=4, overlap=0.3, strength=0.6, se
     A = np.triu((rng.uniform(size=P.shape) < P).astype(float), 1)
     return A + A.T, W
 
+
 def fit_seeing_hidden_values(X, rank, mask, value=1e6, model="poisson", **options):
     """``bnmf.fit(X, rank, model=model, mask=mask, **options)``, except that ``value`` is
     written into every unobserved entry *after* validation (which zeroes or drops them), so the
