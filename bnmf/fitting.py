@@ -25,7 +25,7 @@ DTYPES = ("float32", "float64")
 NUTS_MAX_LATENT = 1_000
 NUTS_MAX_ENTRIES = 25_000
 # Models whose NUTS calibration was measured; the horseshoe's funnel geometry was not.
-NUTS_DEFAULT_MODELS = ("poisson", "gaussian")
+NUTS_DEFAULT_MODELS = ("poisson", "gaussian", "poisson-hierarchical")
 
 
 def _split_options(model, options: dict):
@@ -79,8 +79,11 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
     NUTS (calibrated intervals) where the problem is small enough for it: at most
     ``NUTS_MAX_LATENT`` latent entries ((n_features + n_samples) · rank, or rank · n_samples
     with W fixed) and ``NUTS_MAX_ENTRIES`` entries of X, for the ``poisson`` and ``gaussian``
-    models. Otherwise the fastest variational posterior: closed-form CAVI for the conjugate
-    ``poisson`` model, SVI for the others; their intervals are narrower than calibrated.
+    models. Above that, the exact Gibbs sampler for the ``poisson`` and
+    ``poisson-hierarchical`` models (:func:`bnmf.inference.gibbs.fit_gibbs`); otherwise the
+    fastest variational posterior: closed-form CAVI for the conjugate ``poisson`` model (when
+    options only CAVI accepts are given, e.g. ``batch_size``), SVI for the others; their
+    intervals are narrower than calibrated.
     Options meant for one method (e.g. ``max_steps`` for SVI) pick a method that accepts them.
     """
     n_features, n_samples = shape
@@ -92,6 +95,9 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
                         "data entries), calibrated intervals")
     why = (f"{latent} latent entries, {n_features * n_samples} data entries: too large for NUTS "
            "by default" if name in NUTS_DEFAULT_MODELS else f"model {name!r}")
+    if isinstance(model, (PoissonGamma, HierarchicalPoissonGamma)) and _accepts("gibbs", options):
+        return "gibbs", (f"gibbs: {why}; exact latent-count Gibbs sampler, calibrated intervals "
+                         "(experiments/results/calibration.md); R-hat and ESS in fit.info")
     if isinstance(model, PoissonGamma) and _accepts("cavi", options):
         return "cavi", (f"cavi: {why}; closed-form variational posterior, intervals narrower "
                         "than calibrated (experiments/results/calibration.md)")
@@ -149,12 +155,14 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
         ``"poisson"`` (:class:`~bnmf.models.PoissonGamma`, counts), ``"gaussian"``
         (:class:`~bnmf.models.GaussianHalfNormal`), ``"horseshoe"``
         (:class:`~bnmf.models.Horseshoe`, sparse parts; ``likelihood="poisson"|"gaussian"``).
-    method : {"map", "svi", "nuts", "cavi"}, optional
+    method : {"map", "svi", "nuts", "cavi", "gibbs"}, optional
         Point estimate, variational posterior (SVI; mean-field or low-rank guide), NUTS (the
-        reference posterior, small problems) or CAVI (closed-form variational posterior of the
-        ``poisson`` model; ``batch_size=`` for minibatches). None picks the fastest calibrated
-        choice: NUTS on small problems of the ``poisson`` and ``gaussian`` models, else CAVI
-        (``poisson``) or SVI, whose intervals are narrower than calibrated; see
+        reference posterior, small problems), CAVI (closed-form variational posterior of the
+        ``poisson`` model; ``batch_size=`` for minibatches) or Gibbs (exact latent-count
+        sampler of the ``poisson`` and ``poisson-hierarchical`` models; ``num_chains``,
+        ``num_warmup``, ``num_samples``, ``thin``). None picks the fastest calibrated
+        choice: NUTS on small problems of the ``poisson`` and ``gaussian`` models, Gibbs on
+        larger ``poisson`` problems, else SVI, whose intervals are narrower than calibrated; see
         :func:`default_method` and ``fit.info["method_choice"]``.
     seed : int
         Same seed, same result.

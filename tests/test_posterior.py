@@ -9,7 +9,7 @@ from helpers import fit_seeing_hidden_values, simulate
 
 import bnmf
 from bnmf.fitting import default_method
-from bnmf.models import GaussianHalfNormal, Horseshoe, PoissonGamma
+from bnmf.models import HierarchicalPoissonGamma, GaussianHalfNormal, Horseshoe, PoissonGamma
 from bnmf.posterior import align_draws, align_permutation, arviz_group_names, normalize
 
 
@@ -53,9 +53,11 @@ def test_default_method_is_nuts_on_small_problems_and_says_why(labelled):
 
 @pytest.mark.parametrize("model, shape, rank, options, fixed_W, expected", [
     (PoissonGamma(), (96, 21), 5, {}, False, "nuts"),
-    (PoissonGamma(), (96, 500), 5, {}, False, "cavi"),           # too many latent entries
+    (PoissonGamma(), (96, 500), 5, {}, False, "gibbs"),          # too many latent entries
     (PoissonGamma(), (96, 200), 1, {}, True, "nuts"),             # W fixed: only H is latent
-    (PoissonGamma(), (2000, 20), 2, {}, True, "cavi"),           # too many data entries
+    (PoissonGamma(), (2000, 20), 2, {}, True, "gibbs"),          # too many data entries
+    (HierarchicalPoissonGamma(), (96, 500), 5, {}, False, "gibbs"),
+    (PoissonGamma(), (96, 500), 5, {"num_draws": 100}, False, "cavi"),  # options CAVI takes
     (PoissonGamma(), (96, 21), 5, {"max_steps": 10}, False, "svi"),
     (PoissonGamma(), (96, 500), 5, {"batch_size": 50}, False, "cavi"),
     (GaussianHalfNormal(), (96, 500), 5, {}, False, "svi"),
