@@ -266,7 +266,7 @@ def fit_cavi(
         info = {"algorithm": "cavi-gamma", "iterations": iterations, "converged": converged}
     else:
         factors, losses, steps, elbo = _minibatch(problem, init, seed, batch_size, epochs,
-                                                  local_sweeps, devices)
+                                                  local_sweeps, devices, progress)
         info = {"algorithm": "cavi-gamma-minibatch", "iterations": steps, "converged": True,
                 "batch_size": int(batch_size), "epochs": int(epochs),
                 "local_sweeps": int(local_sweeps)}
@@ -284,7 +284,8 @@ def _positive_int(name: str, value, upper: int | None = None) -> int:
     return int(value)
 
 
-def _minibatch(problem: Problem, init, seed, batch_size, epochs, local_sweeps, devices):
+def _minibatch(problem: Problem, init, seed, batch_size, epochs, local_sweeps, devices,
+               progress=None):
     from .minibatch import stochastic_cavi_factors
 
     check_cavi_problem(problem)
@@ -301,4 +302,5 @@ def _minibatch(problem: Problem, init, seed, batch_size, epochs, local_sweeps, d
                          "device holds the same number of a minibatch's columns.")
     W0, H0 = map_start(problem, init, seed)
     return stochastic_cavi_factors(problem, W0, H0, batch_size=batch_size, epochs=epochs,
-                                   local_sweeps=local_sweeps, seed=int(seed), devices=devices)
+                                   local_sweeps=local_sweeps, seed=int(seed), devices=devices,
+                                   progress=progress)

@@ -372,8 +372,8 @@ def run_chunks(
     traces, previous, converged, done = [], None, False, 0
     max_iter = max(1, max_iter)
     total = max_iter if exact_steps else -(-max_iter // chunk) * chunk
-    disable = not _stderr_is_terminal() if progress is None else not progress
-    bar = tqdm(total=total, desc=description, disable=disable, leave=False)
+    bar = progress_bar(total, description, progress)
+    disable = bar.disable
     while done < total:
         steps = min(chunk, total - done)
         state, losses = step_chunk(state, steps) if exact_steps else step_chunk(state)
@@ -403,6 +403,13 @@ def _stderr_is_terminal() -> bool:
     import sys
 
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def progress_bar(total: int, description: str, progress: bool | None):
+    """The progress bar of every long-running loop (tqdm): ``progress=None`` shows it when
+    stderr is a terminal, True always, False never. A disabled bar costs nothing to update."""
+    disable = not _stderr_is_terminal() if progress is None else not progress
+    return tqdm(total=total, desc=description, disable=disable, leave=False)
 
 
 def key_from_seed(seed: int):

@@ -16,11 +16,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..models import PoissonGamma
 from ..models.hierarchical import HierarchicalPoissonGamma
-from .common import Problem, RawPosterior, floor_positive, key_from_seed
+from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
 from .counts import SparseCounts
 from .gibbs_poisson import (
     MAX_TOKENS,
@@ -236,8 +235,7 @@ def fit_gibbs(
         logW = jnp.log(jnp.maximum(jnp.asarray(problem.W_fixed, dtype), jnp.finfo(dtype).tiny))
         states = states._replace(logW=jnp.broadcast_to(logW, states.logW.shape))
 
-    disable = True if progress is None else not progress
-    bar = tqdm(total=num_warmup + num_samples * thin, desc="Gibbs", disable=disable, leave=False)
+    bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps", progress)
     flags = {"learn": learn, "sample_W": sample_W}
     done = 0
     while done < num_warmup:

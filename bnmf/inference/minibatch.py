@@ -28,7 +28,7 @@ from jax import lax
 from scipy.special import gammaln as scipy_gammaln
 
 from .cavi import GammaFactors, _mean_and_geometric, gamma_kl, initial_factors
-from .common import Problem, check_devices, shard_over_samples, to_device
+from .common import Problem, check_devices, progress_bar, shard_over_samples, to_device
 from .counts import (
     DenseCounts,
     mask_left,
@@ -138,11 +138,14 @@ class _Blocks:
 
 
 def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs: int,
-                            local_sweeps: int, seed: int, devices: int | None = None):
+                            local_sweeps: int, seed: int, devices: int | None = None,
+                            progress: bool | None = None):
     """Minibatch CAVI from starting means W0 (n_features, rank), H0 (rank, n_samples).
 
     With ``devices``, each minibatch's columns (and their local factors) are split over that
     many devices and q(W) is replicated; ``batch_size`` must be a multiple of ``devices``.
+    ``progress`` shows a bar over the steps of every epoch and the final pass (None: when
+    stderr is a terminal).
 
     Returns (GammaFactors, losses, steps, elbo): ``losses`` holds the negative minibatch
     estimate of the bound per step, ``elbo`` the bound of the final factors over all data.
@@ -169,7 +172,10 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
     scale = jnp.asarray(n_samples / batch_size, dtype)
     n_batches = n_samples // batch_size
     losses, t = [], 0
-    for _ in range(epochs):
+    n_final = -(-n_samples // batch_size)
+    bar = progress_bar(epochs * n_batches + n_final, "CAVI minibatches", progress)
+    for epoch in range(epochs):
+        bar.set_postfix(epoch=f"{epoch + 1}/{epochs}")
         order = rng.permutation(n_samples)
         for b in range(n_batches):
             columns = np.sort(order[b * batch_size:(b + 1) * batch_size])
@@ -183,6 +189,7 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
             shape_H[:, columns], rate_H[:, columns] = np.asarray(sH), np.asarray(rH)
             losses.append(-float(estimate))
             t += 1
+            bar.update(1)
     # Final pass: every q(H_j) against the final q(W); the bound summed block by block.
     bound = -blocks.log_factorials() - float(gamma_kl(shape_W, rate_W, model.a, model.rate_W))
     for start in range(0, n_samples, batch_size):
@@ -197,5 +204,7 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
         shape_H[:, columns] = np.asarray(sH)[:, :columns.size]
         rate_H[:, columns] = np.asarray(rH)[:, :columns.size]
         bound += float(part)
+        bar.update(1)
+    bar.close()
     factors = GammaFactors(shape_W, rate_W, jnp.asarray(shape_H), jnp.asarray(rate_H))
     return factors, np.asarray(losses), t, bound

@@ -17,7 +17,6 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc import hmc
-from tqdm.auto import tqdm
 
 from .common import (
     Problem,
@@ -25,6 +24,7 @@ from .common import (
     key_from_seed,
     layout_unravel,
     log_joint_unconstrained,
+    progress_bar,
     site_layout,
     to_bnmf_layout,
 )
@@ -84,7 +84,7 @@ def fit_nuts(
     Chains run one after another, each from its own key, so results do not depend on the
     number of devices. Returns draws of shape (num_chains, num_samples, ...); ``losses`` holds
     the potential energy of each draw, and ``info`` the number of divergences. ``progress``
-    shows finished chains.
+    shows finished chains (None: when stderr is a terminal).
     """
     init_values = posterior_start(problem, init, seed)
     u0 = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
@@ -93,8 +93,12 @@ def fit_nuts(
         num_samples, float(target_accept), max_tree_depth)
     data = (problem.X, problem.mask, problem.W_fixed, problem.model)
     keys = jax.random.split(key_from_seed(seed), num_chains)
-    runs = [chain(u0, key, *data)
-            for key in tqdm(keys, desc="NUTS chains", disable=not progress, leave=False)]
+    bar = progress_bar(num_chains, "NUTS chains", progress)
+    runs = []
+    for key in keys:
+        runs.append(chain(u0, key, *data))
+        bar.update(1)
+    bar.close()
     u, energy, diverging = (np.stack([np.asarray(run[i]) for run in runs]) for i in range(3))
     constrained = jax.vmap(jax.vmap(lambda v: jax.tree.map(jnp.exp, unravel(v))))(u)
     draws = to_bnmf_layout({name: np.asarray(v) for name, v in constrained.items()}, problem)
