@@ -11,8 +11,9 @@ import numpy as np
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
 from .inference.common import numerics, to_device
-from .inference.counts import SparseCounts, sparse_counts
-from .models import MODELS, HierarchicalPoissonGamma, PoissonGamma, get_model
+from .models import MODELS, get_model
+from .models.base import check_method, has_capability, supported_methods
+from .models.counts import SparseCounts, sparse_counts
 from .posterior import Fit, build_idata
 
 __all__ = ["fit", "fit_data", "default_method"]
@@ -24,8 +25,8 @@ DTYPES = ("float32", "float64")
 # entries of W and H and this many entries of X.
 NUTS_MAX_LATENT = 1_000
 NUTS_MAX_ENTRIES = 25_000
-# Models whose NUTS calibration was measured; the horseshoe's funnel geometry was not.
-NUTS_DEFAULT_MODELS = ("poisson", "gaussian", "poisson-hierarchical")
+# Methods that take SciPy sparse counts in O(nnz) form where the model has "sparse_counts".
+SPARSE_METHODS = ("map", "cavi")
 
 
 def _split_options(model, options: dict):
@@ -59,11 +60,12 @@ def _check_inference_options(method: str, options: dict) -> None:
 
 
 def _problem_values(data: Data, model, method: str, dtype: str):
-    """X for the Problem: SciPy sparse input goes to the O(nnz) Poisson paths (``map`` and
-    ``cavi`` of the Poisson–gamma model) as SparseCounts, everything else as a dense array."""
+    """X for the Problem: SciPy sparse input goes to the O(nnz) paths (``map`` and ``cavi`` of
+    a model with the ``"sparse_counts"`` capability, ``gibbs`` of a model with a Gibbs
+    sampler) as SparseCounts, everything else as a dense array."""
     if data.sparse is not None and (
-            (method in ("map", "cavi") and isinstance(model, PoissonGamma))
-            or (method == "gibbs" and isinstance(model, (PoissonGamma, HierarchicalPoissonGamma)))):
+            (method in SPARSE_METHODS and has_capability(model, "sparse_counts"))
+            or (method == "gibbs" and "gibbs" in supported_methods(model))):
         return sparse_counts(data.sparse, dtype=dtype, hidden=data.hidden)
     return to_device(data.values, dtype)
 
@@ -78,27 +80,29 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
 
     NUTS (calibrated intervals) where the problem is small enough for it: at most
     ``NUTS_MAX_LATENT`` latent entries ((n_features + n_samples) · rank, or rank · n_samples
-    with W fixed) and ``NUTS_MAX_ENTRIES`` entries of X, for the ``poisson`` and ``gaussian``
-    models. Above that, the exact Gibbs sampler for the ``poisson`` and
-    ``poisson-hierarchical`` models (:func:`bnmf.inference.gibbs.fit_gibbs`); otherwise the
-    fastest variational posterior: closed-form CAVI for the conjugate ``poisson`` model (when
-    options only CAVI accepts are given, e.g. ``batch_size``), SVI for the others; their
-    intervals are narrower than calibrated.
+    with W fixed) and ``NUTS_MAX_ENTRIES`` entries of X, for models whose NUTS calibration was
+    measured (``nuts_calibrated``: ``poisson``, ``gaussian``, ``poisson-hierarchical``). Above
+    that, the exact Gibbs sampler where the model has one (``poisson``,
+    ``poisson-hierarchical``; :func:`bnmf.inference.gibbs.fit_gibbs`); otherwise the fastest
+    variational posterior: closed-form CAVI where the model has it (the conjugate ``poisson``
+    model; when options only CAVI accepts are given, e.g. ``batch_size``), SVI for the others;
+    their intervals are narrower than calibrated.
     Options meant for one method (e.g. ``max_steps`` for SVI) pick a method that accepts them.
     """
     n_features, n_samples = shape
     latent = rank * n_samples + (0 if fixed_W else rank * n_features)
     name = getattr(model, "name", None)
-    if (name in NUTS_DEFAULT_MODELS and latent <= NUTS_MAX_LATENT
+    calibrated = getattr(model, "nuts_calibrated", False)
+    if (calibrated and latent <= NUTS_MAX_LATENT
             and n_features * n_samples <= NUTS_MAX_ENTRIES and _accepts("nuts", options)):
         return "nuts", (f"nuts: small problem ({latent} latent entries, {n_features * n_samples} "
                         "data entries), calibrated intervals")
     why = (f"{latent} latent entries, {n_features * n_samples} data entries: too large for NUTS "
-           "by default" if name in NUTS_DEFAULT_MODELS else f"model {name!r}")
-    if isinstance(model, (PoissonGamma, HierarchicalPoissonGamma)) and _accepts("gibbs", options):
+           "by default" if calibrated else f"model {name!r}")
+    if "gibbs" in supported_methods(model) and _accepts("gibbs", options):
         return "gibbs", (f"gibbs: {why}; exact latent-count Gibbs sampler, calibrated intervals "
                          "(experiments/results/calibration.md); R-hat and ESS in fit.info")
-    if isinstance(model, PoissonGamma) and _accepts("cavi", options):
+    if "cavi" in supported_methods(model) and _accepts("cavi", options):
         return "cavi", (f"cavi: {why}; closed-form variational posterior, intervals narrower "
                         "than calibrated (experiments/results/calibration.md)")
     return "svi", (f"svi: {why}; variational posterior, intervals narrower than calibrated "
@@ -121,6 +125,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
+    check_method(model, method)
     _check_inference_options(method, options)
     resolved = model.resolve(data, rank)
     with numerics(dtype):

@@ -35,7 +35,7 @@ import bnmf  # noqa: E402
 from bnmf.data import prepare  # noqa: E402
 from bnmf.inference import Problem  # noqa: E402
 from bnmf.inference.cavi import fit_cavi  # noqa: E402
-from bnmf.inference.counts import sparse_counts  # noqa: E402
+from bnmf.models.counts import sparse_counts  # noqa: E402
 from bnmf.models import PoissonGamma  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))

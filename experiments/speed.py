@@ -42,14 +42,12 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -64,18 +62,11 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 import bnmf  # noqa: E402
 from bnmf.data import prepare  # noqa: E402
-from bnmf.inference.common import Problem, to_device, transposed  # noqa: E402
-from bnmf.inference.counts import DenseCounts, poisson_data_constant  # noqa: E402
-from bnmf.inference.map import (  # noqa: E402
-    HalsState,
-    RelaxedChunks,
-    _gaussian_hals_chunk,
-    _poisson_mm_counts_chunk,
-    LEAST_SQUARES_WARMUP,
-    hals_state,
-    map_start,
-    warmed_start,
-)
+from bnmf.inference.common import Problem, to_device  # noqa: E402
+from bnmf.inference.driver import compiled_step  # noqa: E402
+from bnmf.inference.map import map_start  # noqa: E402
+from bnmf.models.base import capability  # noqa: E402
+from bnmf.models.poisson import LEAST_SQUARES_WARMUP  # noqa: E402
 
 CHUNK = 10  # bnmf's MAP runs its updates in compiled chunks of 10 (bnmf/inference/map.py)
 SEED = 0
@@ -298,36 +289,27 @@ class Trace:
 
 
 def _chunk_function(kind: str, problem: Problem):
-    """(state0 builder, step) reproducing fit_map's compiled chunk: ``step(state, steps)`` ->
-    (state, loss) runs ``steps`` updates (CHUNK by default); ``copy.copy(step)`` is an
-    independent runner in the same state (the relaxation's fall-back memory)."""
-    X, M, model = problem.X, problem.mask, problem.model
-    if kind == "poisson":
-        hyper = jnp.asarray([model.a, model.rate_W, model.rate_H], X.dtype)
-
-        counts = DenseCounts(X, None)  # fully observed, as fit_map passes it
-        data_constant = jnp.asarray(poisson_data_constant(counts), X.dtype)
-
-        # fit_map's own chunk runner: over-relaxed updates with their fall-back check
-        relaxed = RelaxedChunks(partial(_poisson_mm_counts_chunk, counts=counts, hyper=hyper,
-                                        data_constant=data_constant, n_steps=CHUNK,
-                                        update_W=True, log_space=False))
-
-        return (lambda W, H: (W, H)), relaxed
-    hyper = jnp.asarray([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
-
-    XT = transposed(X)  # as fit_map does for fully observed X
+    """(state0 builder, step, values) reproducing fit_map's compiled chunk: the model's
+    "map_update" capability under the driver's compiled step (over-relaxation and its
+    fall-back included); ``step(state, steps)`` -> (state, loss) runs ``steps`` updates (CHUNK
+    by default). States are values, so a chunk can be rerun from any earlier state."""
+    model = problem.model
+    updates = capability(model, "map_update")
+    aux = updates.prepare(problem)
+    program = compiled_step(updates.step, (True,), False)
 
     def step(state, steps=CHUNK):
-        return _gaussian_hals_chunk(state, X, XT, hyper, n_steps=steps, update_W=True)
+        return program(state, aux, model, steps)
 
-    return (lambda W, H: hals_state(W, H, model.init_extras(W, H, X, M)["sigma"])), step
+    return (lambda W, H: updates.init(W, H, aux, model)), step, updates.values
 
 
-def fitted(state):
-    """(W, H) that fit_map returns from a chunk runner's state: the best iterate of the
-    extrapolated HALS iteration, the current one of the Poisson updates."""
-    return state.best[:2] if isinstance(state, HalsState) else state[:2]
+def fitted(values, state):
+    """(W, H) that fit_map returns from a chunk runner's state (``values`` of the capability:
+    the best iterate of the extrapolated HALS iteration, the current one of the Poisson
+    updates)."""
+    out = values(state)
+    return out["W"], out["H"]
 
 
 def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: float,
@@ -341,44 +323,46 @@ def bnmf_trace(X: np.ndarray, rank: int, kind: str, objective: str, target: floa
     model = flat_model(kind).resolve(data, rank)
     problem = Problem(X=to_device(data.values, np.float32), mask=to_device(data.mask, bool),
                       rank=rank, model=model)
+    warm_start = capability(model, "map_update").warm_start
+
     def fit_map_start():  # fit_map's start: NNDSVDa, then (Poisson) the least-squares warm-up
         W, H = map_start(problem, "nndsvda", SEED)
-        return warmed_start(problem, W, H, LEAST_SQUARES_WARMUP)[:2]
+        return (W, H) if warm_start is None else warm_start(problem, W, H,
+                                                            LEAST_SQUARES_WARMUP)[:2]
 
     fit_map_start()  # compile what the start compiles
     # median of 3: the first call after a compilation is slower here, with nothing compiled
     starts = [measure(lambda: jax.block_until_ready(fit_map_start()))[:2] for _ in range(3)]
     start, seconds = starts[-1][0], float(np.median([s for _, s in starts]))
-    make_state, step = _chunk_function(kind, problem)
+    make_state, step, values = _chunk_function(kind, problem)
     state = make_state(*start)
-    jax.block_until_ready(copy.copy(step)(state))  # compile (warm-up), result discarded
+    jax.block_until_ready(step(state))  # compile (warm-up), result discarded
     trace, elapsed, done = Trace(start_seconds=seconds), 0.0, 0
     score = OBJECTIVES[objective]
     while done < max_iter:
-        before, runner = state, copy.copy(step)
+        before = state
         t0 = time.perf_counter()
         state = jax.block_until_ready(step(state)[0])
         elapsed += time.perf_counter() - t0
         done += CHUNK
-        value = score(X, *fitted(state))
+        value = score(X, *fitted(values, state))
         trace.iterations.append(done)
         trace.seconds.append(elapsed)
         trace.objectives.append(value)
         if value <= target:
             trace.reached = True
-            trace.exact_iterations = done - CHUNK + _steps_to_reach(runner, before, X, target,
-                                                                    score)
+            trace.exact_iterations = done - CHUNK + _steps_to_reach(step, values, before, X,
+                                                                    target, score)
             break
     return trace
 
 
-def _steps_to_reach(runner, state, X, target: float, score) -> int:
-    """Fewest updates (≤ CHUNK) from ``state`` after which the objective is ≤ ``target``;
-    each try runs from a copy of ``runner`` as it was before the chunk (fit_map runs a shorter
-    last chunk the same way)."""
+def _steps_to_reach(step, values, state, X, target: float, score) -> int:
+    """Fewest updates (≤ CHUNK) from ``state`` after which the objective is ≤ ``target``
+    (fit_map runs a shorter last chunk the same way)."""
     for steps in range(1, CHUNK):
-        candidate = copy.copy(runner)(state, steps)[0]
-        if score(X, *fitted(candidate)) <= target:
+        candidate = step(state, steps)[0]
+        if score(X, *fitted(values, candidate)) <= target:
             return steps
     return CHUNK
 
@@ -457,7 +441,7 @@ def time_sparse(size: Size, density: float, repeats: int, iterations: int = 50) 
     import scipy.sparse as sp
 
     from bnmf.inference import fit_map as inference_map
-    from bnmf.inference.counts import sparse_counts
+    from bnmf.models.counts import sparse_counts
 
     X = simulate_sparse(size, density)
     csr = sp.csr_matrix(X)

@@ -1,6 +1,7 @@
 """Fast paths give the generic paths' answers: sparse counts in O(nnz), the HALS noise update."""
 
-from functools import partial, wraps
+from functools import wraps
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,8 @@ from helpers import fit_seeing_hidden_values, simulate
 
 import bnmf
 from bnmf.inference import Problem, fit_map, fit_svi
-from bnmf.inference.counts import (
+from bnmf.inference.driver import clear_compile_cache
+from bnmf.models.counts import (
     DenseCounts,
     log_factorial_sum,
     poisson_data_constant,
@@ -35,7 +37,7 @@ MASK = RNG.uniform(size=X_SPARSE.shape) > 0.1
 @pytest.mark.parametrize("block_entries", [40, 400, 10_000])  # 8 or 11 rows (last block
 # overlaps), or one piece
 def test_row_blocked_dense_ratios_equal_one_piece(monkeypatch, masked, block_entries):
-    from bnmf.inference import counts as counts_module
+    from bnmf.models import counts as counts_module
 
     X = jnp.asarray(X_SPARSE.toarray(), jnp.float32)  # 25 × 35: 25 rows do not divide evenly
     weight = jnp.asarray(MASK, jnp.float32) if masked else None
@@ -113,7 +115,7 @@ def test_hals_noise_update_from_products_matches_direct_residual():
     """The full-data HALS path gets ‖X − WH‖² from products, not from a pass over X: the noise
     scale it returns must be the mode given the direct residual of the W, H it returns, and
     its loss the exact negative log joint of that iterate."""
-    from bnmf.inference.map import _gaussian_hals_chunk, gaussian_neg_log_joint, hals_state
+    from bnmf.models.gaussian import _gaussian_hals_chunk, gaussian_neg_log_joint, hals_state
 
     X, _, _ = simulate(30, 40, rank=3, likelihood="gaussian", seed=2)
     with jax.enable_x64(True):
@@ -330,7 +332,7 @@ def test_replacing_the_mask_of_sparse_data_uses_the_new_mask():
 
 @pytest.mark.parametrize("method", ["map", "cavi"])
 def test_fits_with_row_blocked_ratios_equal_unblocked_fits(monkeypatch, method):
-    from bnmf.inference import counts as counts_module
+    from bnmf.models import counts as counts_module
 
     X = simulate(23, 37, 3, seed=5)[0]
     options = dict(method=method, seed=0, max_iter=60, tol=0.0, progress=False)
@@ -349,7 +351,7 @@ def test_fits_with_row_blocked_ratios_equal_unblocked_fits(monkeypatch, method):
 
 
 def test_fully_observed_gaussian_loss_equals_the_masked_one():
-    from bnmf.inference.map import gaussian_neg_log_joint
+    from bnmf.models.gaussian import gaussian_neg_log_joint
 
     rng = np.random.default_rng(3)
     X = jnp.asarray(rng.gamma(1.0, 1.0, (30, 40)))
@@ -361,58 +363,64 @@ def test_fully_observed_gaussian_loss_equals_the_masked_one():
 
 
 def _mm_loss_after(X, relaxation, iterations, masked):
-    """Loss of the Poisson MAP after ``iterations`` (multiples of 10) from one start."""
-    import bnmf.inference.map as map_module
+    """Loss of the Poisson MAP after ``iterations`` (multiples of 10) from one start, and the
+    final state: the model's "map_update" capability run by the driver's compiled step."""
+    from bnmf.inference.driver import compiled_step
+    from bnmf.inference.map import map_start
+    from bnmf.models.base import capability
 
     mask = np.random.default_rng(5).uniform(size=X.shape) > (0.1 if masked else 0.0)
-    problem = Problem(jnp.asarray(X, jnp.float32), jnp.asarray(mask), 4,
-                      PoissonGamma(a=1.0, rate_W=1e-3, rate_H=1e-3))
-    W, H = map_module.map_start(problem, "nndsvda", 0)
-    counts = map_module.poisson_counts(problem)
-    runner = map_module.RelaxedChunks(partial(
-        map_module._poisson_mm_counts_chunk, counts=counts,
-        hyper=jnp.asarray([1.0, 1e-3, 1e-3], jnp.float32),
-        data_constant=jnp.asarray(poisson_data_constant(counts), jnp.float32), n_steps=10,
-        update_W=True, log_space=False), relaxation)
-    state, losses = (W, H), []
+    model = PoissonGamma(a=1.0, rate_W=1e-3, rate_H=1e-3)
+    problem = Problem(jnp.asarray(X, jnp.float32), jnp.asarray(mask), 4, model)
+    W, H = map_start(problem, "nndsvda", 0)
+    updates = capability(model, "map_update")
+    aux = updates.prepare(problem)
+    state = updates.init(W, H, aux, model)._replace(relaxation=jnp.float32(relaxation))
+    program = compiled_step(updates.step, (True,), False)
+    losses = []
     for _ in range(iterations // 10):
-        state, loss = runner(state)
+        state, loss = program(state, aux, model, 10)
         losses.append(float(loss[-1]))
-    return np.array(losses), runner
+    return np.array(losses), state
 
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_over_relaxed_mm_never_raises_the_loss_and_gets_further(masked):
     X, _, _ = simulate(n_features=60, n_samples=80, rank=4, counts_per_sample=500, seed=3)
     plain, _ = _mm_loss_after(X, 1.0, 100, masked)
-    relaxed, runner = _mm_loss_after(X, 1.7, 100, masked)
+    relaxed, state = _mm_loss_after(X, 1.7, 100, masked)
     assert np.all(np.diff(plain) <= 1e-6 * np.abs(plain[1:]))  # plain MM is monotone
-    assert np.all(np.diff(relaxed) <= 0)  # the runner's check keeps the relaxed one so
+    assert np.all(np.diff(relaxed) <= 0)  # the fallback check keeps the relaxed one so
     # further along after the same number of updates (here 100)
     assert relaxed[-1] < plain[-1]
-    assert not runner.fell_back
+    assert float(state.relaxation) == pytest.approx(1.7)  # it never fell back
 
 
-def test_relaxed_chunks_fall_back_to_plain_updates_when_a_chunk_raises_the_loss():
-    from bnmf.inference.map import RelaxedChunks
+class _FakeState(NamedTuple):
+    x: jax.Array
+    loss: jax.Array
+    relaxation: jax.Array
 
-    calls = []
 
-    def chunk(W, H, relaxation):  # a fake chunk: relaxed steps overshoot after the first
-        relaxation = float(relaxation)
-        calls.append(relaxation)
-        step = len(calls)
-        loss = 10.0 - step if relaxation == 1.0 or step == 1 else 100.0
-        return W + 1, H + 1, np.array([loss])
+def test_monotone_fallback_redoes_a_chunk_that_raised_the_loss_with_plain_updates():
+    """A relaxed chunk whose loss rose is redone from its previous state with relaxation 1,
+    which it keeps; members of a batch fall back on their own."""
+    from bnmf.inference.driver import monotone_fallback
 
-    runner = RelaxedChunks(chunk, relaxation=1.5)
-    (W, H), loss = runner((jnp.zeros(2), jnp.zeros(2)))
-    assert loss[-1] == 9.0 and not runner.fell_back
-    (W, H), loss = runner((W, H))  # relaxed chunk gives 100 > 9: redone plain from (1, 1)
-    assert runner.fell_back and calls == [1.5, 1.5, 1.0] and np.all(W == 2) and np.all(H == 2)
-    assert loss[-1] == 7.0
-    runner((W, H))
-    assert calls[-1] == 1.0  # plain from then on
+    def step(state):  # relaxed steps overshoot (loss up), plain ones go down by one
+        plain = state.relaxation == 1.0
+        return _FakeState(state.x + 1, jnp.where(plain, state.loss - 1, state.loss + 100),
+                          state.relaxation)
+
+    guarded = jax.jit(monotone_fallback(step))
+    state = guarded(_FakeState(jnp.zeros(2), jnp.asarray([10.0, 10.0]),
+                               jnp.asarray([1.5, 1.0])))
+    np.testing.assert_array_equal(state.loss, [9.0, 9.0])  # member 0 redone plain
+    np.testing.assert_array_equal(state.relaxation, [1.0, 1.0])
+    np.testing.assert_array_equal(state.x, [1.0, 1.0])  # one step from the previous state
+    start = _FakeState(jnp.zeros(1), jnp.asarray([jnp.inf]), jnp.asarray([1.5]))
+    grows = jax.jit(monotone_fallback(lambda s: s._replace(loss=jnp.asarray([5.0]))))(start)
+    assert float(grows.relaxation[0]) == 1.5  # a first chunk from inf is kept relaxed
 
 
 def test_poisson_map_reports_its_relaxation():
@@ -425,7 +433,7 @@ def test_poisson_map_reports_its_relaxation():
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.6])
 def test_segments_hold_every_entry_once_with_bounded_padding(density):
-    from bnmf.inference.counts import MAX_SEGMENT_WIDTH, segments
+    from bnmf.models.counts import MAX_SEGMENT_WIDTH, segments
 
     X = sp.random(70, 300, density=density, random_state=2, format="coo",
                   data_rvs=lambda n: RNG.integers(1, 50, n).astype(float))
@@ -545,7 +553,7 @@ def test_max_iter_runs_exactly_that_many_closed_form_updates(model, method):
 def test_log_factorial_sum_equals_the_sum_of_log_factorials(masked, fractional):
     from scipy.special import gammaln
 
-    from bnmf.inference.counts import _count_frequencies
+    from bnmf.models.counts import _count_frequencies
 
     X = RNG.poisson(4.0, size=(23, 31)).astype(np.float32)
     if fractional:
@@ -598,7 +606,7 @@ def test_a_second_batch_of_restarts_of_the_same_shapes_compiles_nothing(caplog, 
     assert np.all(np.isfinite(W)) and W.shape == (3, 23, 3)
     if method == "svi":  # the reused programs give what programs compiled afresh give
         jax.clear_caches()
-        bnmf.inference.batch._svi_batch_programs.cache_clear()
+        clear_compile_cache()
         np.testing.assert_array_equal(run(1), W)
 
 
@@ -658,10 +666,7 @@ def test_a_fit_of_other_data_with_the_same_shapes_compiles_nothing(caplog, model
     assert compiled == []
     assert second.idata.posterior.attrs["model_params"] != first.idata.posterior.attrs[
         "model_params"]
-    jax.clear_caches()
-    for cached in (bnmf.inference.svi._svi_programs, bnmf.inference.map._adam_map_programs,
-                   bnmf.inference.nuts._nuts_chain_program):
-        cached.cache_clear()
+    clear_compile_cache()
     afresh = run(X2)
     np.testing.assert_array_equal(second.losses, afresh.losses)
     np.testing.assert_array_equal(second.W, afresh.W)
@@ -688,7 +693,7 @@ def test_sparse_input_with_duplicate_unsorted_entries_fits_as_their_sum():
 def _hals_losses(X, steps, monkeypatch, extrapolation_start):
     """Per-update losses of the current iterate and the final state of the full-data HALS
     iteration from one start (``extrapolation_start=0``: plain HALS)."""
-    import bnmf.inference.map as map_module
+    import bnmf.models.gaussian as map_module
 
     monkeypatch.setattr(map_module, "_EXTRAPOLATION_START", extrapolation_start)
     Xj = jnp.asarray(X)
@@ -731,7 +736,7 @@ def test_least_squares_warmup_reaches_scikit_learns_least_squares_objective():
     from sklearn.decomposition import NMF
 
     from bnmf.inference.common import starting_point
-    from bnmf.inference.map import least_squares_warmup
+    from bnmf.models.poisson import least_squares_warmup
 
     X, _, _ = simulate(n_features=40, n_samples=70, rank=3, seed=5)
     reference = NMF(3, solver="cd", init="nndsvda", tol=1e-10, max_iter=2000).fit(X)
@@ -760,7 +765,7 @@ def test_poisson_map_warmup_gets_further_and_keeps_the_trace_monotone():
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_sparse_least_squares_products_equal_dense(masked):
-    from bnmf.inference.counts import product_left, product_right
+    from bnmf.models.counts import product_left, product_right
 
     with jax.enable_x64(True):
         sparse = sparse_counts(X_SPARSE, MASK if masked else None, dtype="float64")
@@ -773,7 +778,7 @@ def test_sparse_least_squares_products_equal_dense(masked):
 
 def test_sparse_warmup_equals_dense_warmup():
     from bnmf.inference.common import starting_point
-    from bnmf.inference.map import least_squares_warmup
+    from bnmf.models.poisson import least_squares_warmup
 
     X = X_SPARSE.toarray()
     W0, H0 = starting_point(X, np.ones(X.shape, bool), 3, "nndsvda", 0)
@@ -807,8 +812,8 @@ def test_kl_form_loss_equals_the_poisson_negative_log_joint(monkeypatch, sparse,
                                                              block_entries):
     """The MM loss, the data constant minus the KL divergence, is the exact negative log
     joint (per-entry log-likelihoods summed), dense or sparse, masked or not, in row blocks."""
-    from bnmf.inference import counts as counts_module
-    from bnmf.inference.map import poisson_counts_neg_log_joint, poisson_neg_log_joint
+    from bnmf.models import counts as counts_module
+    from bnmf.models.poisson import poisson_counts_neg_log_joint, poisson_neg_log_joint
 
     monkeypatch.setattr(counts_module, "BLOCK_ENTRIES", block_entries)
     mask = MASK if masked else np.ones(X_SPARSE.shape, bool)

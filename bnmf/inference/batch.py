@@ -10,8 +10,8 @@ so a member of a batch follows the same algorithm as :func:`~bnmf.inference.fit_
 
 Differences from the single fits, and why:
 
-* every member runs the masked updates (``full=False``): members differ in their masks, and
-  one program serves them all (for Poisson the masked update equals the full one on a full
+* every member runs the masked updates (the capability's ``prepare_masked``): members differ
+  in their masks, and one program serves them all (for Poisson the masked update equals the full one on a full
   mask; for Gaussian it is the masked multiplicative MM instead of HALS, same objective;
   and Poisson members start without :func:`~bnmf.inference.map.fit_map`'s least-squares
   warm-up, which needs fully observed X, as a masked single fit does);
@@ -22,7 +22,7 @@ Differences from the single fits, and why:
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -32,7 +32,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..models import GaussianHalfNormal, PoissonGamma
+from ..models.base import capability, has_capability, model_name, supported_methods
 from .common import (
     Problem,
     RawPosterior,
@@ -44,13 +44,8 @@ from .common import (
     to_bnmf_layout,
     to_device,
 )
-from .map import (
-    RelaxedChunks,
-    _gaussian_mm_chunk,
-    _likelihood_model,
-    _poisson_mm_chunk,
-    masked_data_constant,
-)
+from .driver import cached_program, compiled_step, drive
+from .map import CHUNK
 from .svi import GUIDES, _guide_init, _guide_sample, averaged_chunk, neg_elbo
 
 __all__ = ["BatchFit", "batch_starts", "fit_map_batch", "fit_svi_batch", "keys_for", "member_raw"]
@@ -101,88 +96,32 @@ def batch_starts(X: np.ndarray, masks: np.ndarray, rank: int, inits, seeds, dtyp
     return to_device(np.stack(Ws), dtype), to_device(np.stack(Hs), dtype)
 
 
-def _converged(chunk_means: list, chunk_losses: np.ndarray, tol: float, noisy: bool) -> np.ndarray:
-    """Per member: did the chunk-mean loss change by less than the threshold? (B,) bool.
-
-    The rule of :func:`~bnmf.inference.common.run_chunks`, applied to each member.
-    """
-    if len(chunk_means) < 2:
-        return np.zeros(chunk_losses.shape[0], dtype=bool)
-    previous, current = chunk_means[-2], chunk_means[-1]
-    threshold = tol * np.maximum(np.abs(current), 1e-300)
-    if noisy and chunk_losses.shape[1] > 1:
-        spread = 2.0 * chunk_losses.std(axis=1) / np.sqrt(chunk_losses.shape[1])
-        threshold = np.maximum(threshold, spread)
-    return np.abs(previous - current) < threshold
-
-
-def _run_batched(step_chunk, state, max_iter: int, chunk: int, tol: float, noisy: bool,
-                 min_iter: int = 0):
-    """Run ``step_chunk(state) -> (state, losses (B, chunk))`` until every member converged.
-
-    Returns (state, losses (B, steps), steps, converged (B,)).
-    """
-    traces, means, done = [], [], 0
-    converged = None
-    for _ in range(max(1, -(-max_iter // chunk))):
-        state, losses = step_chunk(state)
-        losses = np.asarray(losses)
-        traces.append(losses)
-        done += chunk
-        if not np.all(np.isfinite(losses)):
-            break
-        means.append(losses.mean(axis=1))
-        now = _converged(means, losses, tol, noisy)
-        converged = now if converged is None else (converged | now)
-        if done >= min_iter and converged.all():
-            break
-    if converged is None:
-        converged = np.zeros(traces[0].shape[0], dtype=bool)
-    return state, np.concatenate(traces, axis=1), done, converged
-
-
 # ------------------------------------------------------------------------------------ MAP
-def _mm_model(model):
-    """The model whose closed-form MM updates start (or are) the batch: the model itself for
-    Poisson and Gaussian, else the flat-prior model with the same likelihood (as fit_map)."""
-    if isinstance(model, (PoissonGamma, GaussianHalfNormal)):
-        return model
-    return _likelihood_model(model)
+@cached_program
+def _batch_programs(prepare_masked, init):
+    """Compiled per-member ``prepare_masked`` and ``init`` of a ``"map_update"`` capability,
+    vmapped over the members' masks (and starts)."""
+    prepare = jax.jit(jax.vmap(prepare_masked, in_axes=(None, 0, None)))
+    start = jax.jit(jax.vmap(init, in_axes=(0, 0, 0, None)))
+    return prepare, start
 
 
-# The batched programs live at module level (not as closures built per call), so that a second
-# batch of the same shapes reuses the compiled program instead of compiling it again.
-@partial(jax.jit, static_argnames=("n_steps", "log_space"))
-def _poisson_batch_chunk(W, H, X, masks, hyper, data_constants, relaxation, *, n_steps,
-                         log_space):
-    """``n_steps`` MM updates of every member: W (B, F, K), H (B, K, N), masks (B, F, N),
-    data_constants and relaxation (B,) → (W, H, loss (B, 1))."""
-    def one(W, H, M, constant, omega):
-        return _poisson_mm_chunk(W, H, X, M, hyper, n_steps=n_steps, update_W=True, full=False,
-                                 log_space=log_space, data_constant=constant, relaxation=omega)
-
-    return jax.vmap(one)(W, H, masks, data_constants, relaxation)
-
-
-@jax.jit
-def _masked_data_constants(X, masks):
-    """Σ M (X log X − X − log X!) per member (B,): a constant of each fit, not of each
-    chunk."""
-    return jax.vmap(lambda M: masked_data_constant(X, M))(masks)
-
-
-@partial(jax.jit, static_argnames=("n_steps",))
-def _gaussian_batch_chunk(W, H, sigma, X, masks, hyper, *, n_steps):
-    """``n_steps`` masked MM updates of every member → (W, H, sigma, loss (B, 1))."""
-    def one(W, H, s, M):
-        return _gaussian_mm_chunk(W, H, s, X, M, hyper, n_steps=n_steps, update_W=True)
-
-    return jax.vmap(one)(W, H, sigma, masks)
+def map_updates_for_batch(model):
+    """The ``"map_update"`` capability of ``model``, or a ValueError saying that batched MAP
+    restarts and folds need one (never another model's updates in its place)."""
+    if not has_capability(model, "map_update"):
+        raise ValueError(
+            f"method='map' fits restarts and folds with closed-form MAP updates, which model "
+            f"{model_name(model)!r} does not have; it supports method="
+            f"{list(supported_methods(model))}: use method='svi' for this model."
+        )
+    return capability(model, "map_update")
 
 
 def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
                   tol: float = 1e-6) -> BatchFit:
-    """MAP fits of a batch of masks and starts with closed-form MM updates, all at once.
+    """MAP fits of a batch of masks and starts with the model's closed-form updates, all at
+    once (one ``vmap``-ed program).
 
     Parameters
     ----------
@@ -191,45 +130,25 @@ def fit_map_batch(X, masks, rank: int, model, W0, H0, *, max_iter: int = 2000,
     masks : jax bool array of shape (B, n_features, n_samples)
         Each member's training mask (True = seen by the fit).
     rank : int
-    model : resolved PoissonGamma or GaussianHalfNormal
-        (any other model is fitted with the flat-prior model of its likelihood).
+    model : a resolved model with the ``"map_update"`` capability
+        (a ValueError names the methods of a model without one).
     W0, H0 : jax arrays of shape (B, n_features, rank), (B, rank, n_samples)
         Starting points.
 
     Returns
     -------
-    BatchFit with ``values`` W, H (and ``sigma`` for Gaussian) per member.
+    BatchFit with ``values`` W, H (and the model's other sites, e.g. ``sigma``) per member.
     """
-    model = _mm_model(model)
-    chunk = 10
-    if isinstance(model, PoissonGamma):
-        log_space = model.a < 1.0
-        hyper = to_device([model.a, model.rate_W, model.rate_H], X.dtype)
-        data_constants = _masked_data_constants(X, masks)
-        # over-relaxed like fit_map, each member checked and falling back on its own
-        step_chunk = RelaxedChunks(
-            lambda W, H, relaxation: _poisson_batch_chunk(
-                W, H, X, masks, hyper, data_constants, relaxation, n_steps=chunk,
-                log_space=log_space),
-            batch=masks.shape[0])
-
-        state = (W0, H0)
-    else:
-        hyper = to_device([model.scale_W, model.scale_H, model.scale_sigma], X.dtype)
-        sigma0 = jax.vmap(lambda W, H, M: model.init_extras(W, H, X, M)["sigma"])(W0, H0, masks)
-
-        def step_chunk(state):
-            W, H, sigma, loss = _gaussian_batch_chunk(*state, X, masks, hyper, n_steps=chunk)
-            return (W, H, sigma), loss
-
-        state = (W0, H0, sigma0)
-    state, losses, iterations, converged = _run_batched(step_chunk, state, max_iter, chunk,
-                                                        tol, noisy=False)
-    values = {"W": state[0], "H": state[1]}
-    if len(state) == 3:
-        values["sigma"] = state[2]
-    return BatchFit(values=values, losses=losses, elbo=None, converged=converged,
-                    iterations=iterations)
+    updates = map_updates_for_batch(model)
+    prepare, start = _batch_programs(updates.prepare_masked, updates.init)
+    aux = prepare(X, masks, model)
+    state = start(W0, H0, aux, model)
+    program = compiled_step(updates.step, (True,), True)
+    state, losses, iterations, converged = drive(
+        lambda s, n: program(s, aux, model, n), state, max_iter, CHUNK, tol, False, "MAP batch",
+        exact_steps=True)
+    return BatchFit(values=dict(updates.values(state)), losses=losses, elbo=None,
+                    converged=converged, iterations=iterations)
 
 
 # ------------------------------------------------------------------------------------ SVI
@@ -261,7 +180,11 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
     """
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
-    start = fit_map_batch(X, masks, rank, model, W0, H0, max_iter=map_iter, tol=1e-5)
+    # the MAP start: the model's own closed-form updates, or those of the model it declares
+    # as its start ("start_model", e.g. the horseshoe's flat-prior likelihood)
+    start_model = (capability(model, "start_model")(model)
+                   if has_capability(model, "start_model") else model)
+    start = fit_map_batch(X, masks, rank, start_model, W0, H0, max_iter=map_iter, tol=1e-5)
     init_values = _svi_init_values(model, start, X, masks)
     chunk = 100
     optimizer, unravel, batched_chunk, elbo_estimate, sampler = _svi_batch_programs(
@@ -274,9 +197,9 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
         locs, key_guide)
     state = (params, jax.vmap(optimizer.init)(params), key_steps, params)
     # Polyak averaging as in fit_svi: the chunk's average iterate is the result.
-    (_, _, _, params), losses, iterations, converged = _run_batched(
-        lambda s: batched_chunk(s, masks, X, model), state, max_steps, chunk, tol, noisy=True,
-        min_iter=min(min_steps, max_steps))
+    (_, _, _, params), losses, iterations, converged = drive(
+        lambda s: batched_chunk(s, masks, X, model), state, max_steps, chunk, tol, False,
+        "SVI batch", noisy=True, min_iter=min(min_steps, max_steps))
 
     elbo = np.asarray(elbo_estimate(params, key_elbo, masks, X, model), dtype=np.float64)
     medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])
@@ -287,7 +210,7 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
                     unravel=unravel, sampler=sampler)
 
 
-@lru_cache(maxsize=16)
+@cached_program
 def _svi_batch_programs(model_structure, rank: int, layout: tuple, num_particles: int,
                         learning_rate: float, max_steps: int, elbo_particles: int, chunk: int):
     """The optimizer, ``unravel`` and compiled programs of :func:`fit_svi_batch` for one kind

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,10 @@ import numpy as np
 import scipy.sparse as sp
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import log_density
-from tqdm.auto import tqdm
 
-from ..data import DEVICE_ALIGNMENT, aligned_empty
-from .counts import SparseCounts
+from ..data import floor_positive, to_device, transposed  # noqa: F401 (re-exported)
+from ..models.counts import SparseCounts
+from .driver import _stderr_is_terminal, progress_bar  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Problem:
     X : jax array of shape (n_features, n_samples), or SparseCounts
         Observed values, 0 where unobserved; or (Poisson ``map`` and ``cavi`` only) the
         non-zero counts and unobserved entries in O(nnz) form
-        (:func:`bnmf.inference.counts.sparse_counts`).
+        (:func:`bnmf.models.counts.sparse_counts`).
     mask : jax bool array of shape (n_features, n_samples); None with SparseCounts
     rank : int
     model : a resolved bnmf model object
@@ -50,7 +50,7 @@ class Problem:
 
     @property
     def sparse(self) -> bool:
-        """Whether X is a :class:`~bnmf.inference.counts.SparseCounts` (its mask inside)."""
+        """Whether X is a :class:`~bnmf.models.counts.SparseCounts` (its mask inside)."""
         return isinstance(self.X, SparseCounts)
 
     @property
@@ -308,108 +308,6 @@ def numerics(dtype: str | None = None):
     x64 = nullcontext() if dtype is None else jax.enable_x64(dtype == "float64")
     with x64, jax.default_matmul_precision("highest"):
         yield
-
-
-def to_device(values: np.ndarray, dtype) -> jax.Array:
-    """``values`` as a JAX array of ``dtype``, converted on the host in one pass.
-
-    On CPU the converted buffer is adopted without a copy: 27 ms for a 5,000 × 5,000 float64
-    array to float32, against 150 ms for ``jnp.asarray(values, dtype)`` (which converts and
-    then copies into a buffer of its own). A read-only, aligned array already of ``dtype``
-    (:attr:`bnmf.data.Data.values` of float32 input) is adopted as it is: no one can change
-    it under the fit."""
-    if (isinstance(values, np.ndarray) and values.dtype == dtype and not values.flags.writeable
-            and values.flags.c_contiguous and values.ctypes.data % DEVICE_ALIGNMENT == 0):
-        return jax.device_put(values)
-    out = aligned_empty(np.shape(values), dtype)
-    np.copyto(out, values, casting="same_kind")
-    return jax.device_put(out)
-
-
-def transposed(X: jax.Array, tile: int = 512) -> jax.Array:
-    """Xᵀ (n_samples, n_features) in a row-major buffer of its own.
-
-    On one CPU device, a tiled NumPy transpose into an aligned buffer (45 ms at 5,000 × 5,000)
-    beats XLA's transpose (105–125 ms); elsewhere (GPU, sharded X) XLA transposes in place."""
-    devices = X.devices()
-    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
-        return jnp.array(X.T)
-    host = np.asarray(X)  # no copy on CPU
-    out = aligned_empty(host.shape[::-1], host.dtype)
-    for i in range(0, host.shape[0], tile):  # tiles that fit in cache on both sides
-        for j in range(0, host.shape[1], tile):
-            out[j:j + tile, i:i + tile] = host[i:i + tile, j:j + tile].T
-    return jax.device_put(out)
-
-
-def floor_positive(A, relative: float = 1e-6):
-    """Raise entries to at least ``relative`` × mean(A): log-space methods cannot start at 0."""
-    return jnp.maximum(A, relative * jnp.mean(A) + jnp.finfo(A.dtype).tiny)
-
-
-def run_chunks(
-    step_chunk: Callable,
-    state,
-    max_iter: int,
-    chunk: int,
-    tol: float,
-    progress: bool | None,
-    description: str,
-    noisy: bool = False,
-    min_iter: int = 0,
-    exact_steps: bool = False,
-):
-    """Run ``step_chunk(state) -> (state, losses)`` until convergence or ``max_iter`` steps.
-
-    Converged when the chunk-mean loss changes by less than ``tol`` × |loss| (and, for noisy
-    losses, by less than two standard errors of the chunk mean). Returns (state, losses,
-    iterations, converged). Convergence is not declared before ``min_iter`` steps.
-
-    With ``exact_steps``, ``step_chunk(state, steps)`` takes the number of steps to run
-    (``chunk``, or fewer in the last chunk) and exactly ``max_iter`` steps run at most;
-    otherwise ``max_iter`` is rounded up to a whole chunk.
-    """
-    traces, previous, converged, done = [], None, False, 0
-    max_iter = max(1, max_iter)
-    total = max_iter if exact_steps else -(-max_iter // chunk) * chunk
-    bar = progress_bar(total, description, progress)
-    disable = bar.disable
-    while done < total:
-        steps = min(chunk, total - done)
-        state, losses = step_chunk(state, steps) if exact_steps else step_chunk(state)
-        losses = np.asarray(losses)
-        traces.append(losses)
-        done += steps
-        if not disable:
-            bar.update(steps)
-            bar.set_postfix(loss=f"{losses[-1]:.6g}")
-        if not np.all(np.isfinite(losses)):
-            break
-        current = float(losses.mean())
-        if previous is not None and done >= min_iter:
-            change = abs(previous - current)
-            threshold = tol * max(abs(current), 1e-300)
-            if noisy and losses.size > 1:
-                threshold = max(threshold, 2.0 * float(losses.std()) / np.sqrt(losses.size))
-            if change < threshold:
-                converged = True
-                break
-        previous = current
-    bar.close()
-    return state, np.concatenate(traces), done, converged
-
-
-def _stderr_is_terminal() -> bool:
-    import sys
-
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
-def progress_bar(total: int, description: str, progress: bool | None):
-    """The progress bar of every long-running loop (tqdm): ``progress=None`` shows it when
-    stderr is a terminal, True always, False never. A disabled bar costs nothing to update."""
-    disable = not _stderr_is_terminal() if progress is None else not progress
-    return tqdm(total=total, desc=description, disable=disable, leave=False)
 
 
 def key_from_seed(seed: int):

@@ -20,7 +20,8 @@ import numpy as np
 from ..models import PoissonGamma
 from ..models.hierarchical import HierarchicalPoissonGamma
 from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
-from .counts import SparseCounts
+from ..models.base import register_capability
+from ..models.counts import SparseCounts
 from .gibbs_poisson import (
     MAX_TOKENS,
     Allocation,
@@ -31,7 +32,8 @@ from .gibbs_poisson import (
     update_shape_rate,
     update_W,
 )
-from .map import fit_map, poisson_counts
+from ..models.poisson import poisson_counts
+from .map import fit_map
 
 __all__ = ["fit_gibbs", "gibbs_init", "gibbs_step", "GibbsState", "GIBBS_MODELS"]
 
@@ -267,3 +269,9 @@ def fit_gibbs(
                       "binomial_entries": 0 if alloc.binomial is None
                       else int(alloc.binomial.rows.shape[0])}}
     return RawPosterior(draws=draws, losses=np.zeros(0), elbo=None, info=info)
+
+
+# The models this sampler serves, as capabilities (METHOD_CAPABILITY["gibbs"]); the sweeps'
+# mathematics is to move beside the models (bnmf/models/) as "gibbs_sweep" functions.
+for _model_class in (PoissonGamma, HierarchicalPoissonGamma):
+    register_capability(_model_class, "gibbs_sweep", fit_gibbs)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from .counts import mask_left, mask_right
+from ..models.counts import mask_left, mask_right
 
 # Counts up to this are split token by token (one uniform each); larger ones by binomials.
 # Measured in experiments/speed.py (gibbs rows): a token costs ~rank compares and one

@@ -1,4 +1,5 @@
-"""Minibatch (stochastic) variational inference over samples for the Poisson–gamma model.
+"""Minibatch (stochastic) variational inference over samples: the host loop of a ``"cavi"``
+capability's minibatch steps (the Poisson–gamma model's, in :mod:`bnmf.models.poisson`).
 
 Stochastic VI in the sense of Hoffman et al. (2013), on CAVI's gamma factors
 (:mod:`bnmf.inference.cavi`): q(W) is global, each sample's q(H_j) is local. One step takes a
@@ -19,26 +20,15 @@ with hierarchical Poisson factorization", UAI 2015.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from scipy.special import gammaln as scipy_gammaln
 
-from .cavi import GammaFactors, _mean_and_geometric, gamma_kl, initial_factors
+from ..models.base import capability
+from ..models.counts import to_scipy
 from .common import Problem, check_devices, progress_bar, shard_over_samples, to_device
-from .counts import (
-    DenseCounts,
-    mask_left,
-    mask_right,
-    ratio_left,
-    ratio_right,
-    sum_rate,
-    sum_x_log_rate,
-    to_scipy,
-)
+from .driver import cached_program
 
 __all__ = ["stochastic_cavi_factors"]
 
@@ -46,51 +36,11 @@ DELAY, DECAY = 1.0, 0.51  # step size ρ_t = (t + DELAY)^(-DECAY); Robbins–Mon
 # (on a 30 × 400 test, 0.51 got closest to full CAVI of DECAY in {0.51, 0.6, 0.7, 0.8})
 
 
-def _local(shape_H, rate_H, LW, EW, counts, hyper, n_sweeps: int):
-    """``n_sweeps`` CAVI sweeps of q(H_B) with q(W) held (moments LW = exp E log W, EW)."""
-    a, _, b_H = hyper
-    rate = b_H + mask_left(counts, EW)  # depends on q(W) only
-
-    def sweep(_, shape_H):
-        _, LH = _mean_and_geometric(shape_H, rate)
-        return a + LH * ratio_left(counts, LW, LH)
-
-    return lax.fori_loop(0, n_sweeps, sweep, shape_H), jnp.broadcast_to(rate, rate_H.shape)
-
-
-@partial(jax.jit, static_argnames=("n_sweeps",))
-def _step(shape_W, rate_W, shape_H, rate_H, X_block, M_block, hyper, scale, rho, *, n_sweeps):
-    a, b_W, _ = hyper
-    counts = DenseCounts(X_block, M_block)
-    EW, LW = _mean_and_geometric(shape_W, rate_W)
-    shape_H, rate_H = _local(shape_H, rate_H, LW, EW, counts, hyper, n_sweeps)
-    EH, LH = _mean_and_geometric(shape_H, rate_H)
-    target_shape = a + scale * LW * ratio_right(counts, LW, LH)
-    target_rate = b_W + scale * mask_right(counts, EH)
-    shape_W = (1.0 - rho) * shape_W + rho * target_shape
-    rate_W = (1.0 - rho) * rate_W + rho * target_rate
-    # A noisy estimate of the bound from this minibatch (data terms scaled by N / |B|).
-    data_term = sum_x_log_rate(counts, LW, LH) - sum_rate(counts, EW, EH)
-    local_kl = gamma_kl(shape_H, rate_H, a, hyper[2])
-    estimate = scale * (data_term - local_kl) - gamma_kl(shape_W, rate_W, a, b_W)
-    return shape_W, rate_W, shape_H, rate_H, estimate
-
-
-@partial(jax.jit, static_argnames=("n_sweeps",))
-def _final_block(shape_W, rate_W, shape_H, rate_H, X_block, M_block, hyper, *, n_sweeps):
-    """Local sweeps against the final q(W), and this block's share of the bound."""
-    a, _, b_H = hyper
-    counts = DenseCounts(X_block, M_block)
-    EW, LW = _mean_and_geometric(shape_W, rate_W)
-    shape_H, rate_H = _local(shape_H, rate_H, LW, EW, counts, hyper, n_sweeps)
-    EH, LH = _mean_and_geometric(shape_H, rate_H)
-    weight = jnp.ones(shape_H.shape[1], shape_H.dtype) if M_block is None else (
-        M_block.any(axis=0).astype(shape_H.dtype))  # padding columns carry no KL
-    kl = jnp.sum(weight * jnp.sum(
-        (shape_H - a) * jax.scipy.special.digamma(shape_H) - jax.scipy.special.gammaln(shape_H)
-        + jax.scipy.special.gammaln(a) + a * (jnp.log(rate_H) - jnp.log(b_H))
-        + shape_H * (b_H - rate_H) / rate_H, axis=0))
-    return shape_H, rate_H, sum_x_log_rate(counts, LW, LH) - sum_rate(counts, EW, EH) - kl
+@cached_program
+def _minibatch_programs(step, final_block):
+    """The compiled minibatch step and final-block functions of a ``"cavi"`` capability."""
+    return (jax.jit(step, static_argnames=("n_sweeps",)),
+            jax.jit(final_block, static_argnames=("n_sweeps",)))
 
 
 class _Blocks:
@@ -159,10 +109,13 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
         return [None if b is None else next(placed) for b in column_blocks]
 
     model = problem.model
+    family = capability(model, "cavi")
+    _step, _final_block = _minibatch_programs(family.minibatch_step,
+                                              family.minibatch_final_block)
     n_samples = H0.shape[1]
     dtype = problem.X.dtype
-    hyper = to_device([model.a, model.rate_W, model.rate_H], dtype)
-    factors = initial_factors(W0, H0, model.a)
+    hyper = to_device(model.hyper(), dtype)
+    factors = family.minibatch_init(W0, H0, model)
     # q(W) is global: one copy on every device.
     _, (shape_W, rate_W) = shard_over_samples(devices, replicated=(factors.shape_W,
                                                                    factors.rate_W))
@@ -191,7 +144,7 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
             t += 1
             bar.update(1)
     # Final pass: every q(H_j) against the final q(W); the bound summed block by block.
-    bound = -blocks.log_factorials() - float(gamma_kl(shape_W, rate_W, model.a, model.rate_W))
+    bound = -blocks.log_factorials() - float(family.global_kl(shape_W, rate_W, model))
     for start in range(0, n_samples, batch_size):
         columns = np.arange(start, min(start + batch_size, n_samples))
         X_block, M_block = blocks.get(columns, pad_to=batch_size)
@@ -206,5 +159,6 @@ def stochastic_cavi_factors(problem: Problem, W0, H0, *, batch_size: int, epochs
         bound += float(part)
         bar.update(1)
     bar.close()
-    factors = GammaFactors(shape_W, rate_W, jnp.asarray(shape_H), jnp.asarray(rate_H))
+    factors = factors._replace(shape_W=shape_W, rate_W=rate_W, shape_H=jnp.asarray(shape_H),
+                               rate_H=jnp.asarray(rate_H))
     return factors, np.asarray(losses), t, bound

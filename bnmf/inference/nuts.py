@@ -9,7 +9,6 @@ same shapes, and every chain after the first, compile nothing.
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +27,13 @@ from .common import (
     site_layout,
     to_bnmf_layout,
 )
+from .driver import cached_program
 from .map import posterior_start
 
 __all__ = ["fit_nuts"]
 
 
-@lru_cache(maxsize=16)
+@cached_program
 def _nuts_chain_program(model_structure, rank: int, layout: tuple, num_warmup: int,
                         num_samples: int, target_accept: float, max_tree_depth: int):
     """Compiled ``chain(u0, key, X, mask, W_fixed, model) -> (u draws (num_samples, dim),

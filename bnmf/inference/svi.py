@@ -16,7 +16,6 @@ spread.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +29,10 @@ from .common import (
     key_from_seed,
     layout_unravel,
     log_joint_unconstrained,
-    run_chunks,
     site_layout,
     to_bnmf_layout,
 )
+from .driver import cached_program, drive
 from .map import posterior_start
 
 __all__ = ["fit_svi", "GUIDES"]
@@ -108,7 +107,7 @@ def neg_elbo(params, key, problem: Problem, unravel, num_particles: int):
     return -(expected.mean() + _guide_entropy(params))
 
 
-@lru_cache(maxsize=16)
+@cached_program
 def _svi_programs(model_structure, rank: int, layout: tuple, num_particles: int,
                   learning_rate: float, max_steps: int, elbo_particles: int, chunk: int):
     """The optimizer and compiled programs of :func:`fit_svi` for one kind of model
@@ -200,7 +199,7 @@ def fit_svi(
 
     # The chunk's average iterate (Polyak averaging) removes most of the stochastic jitter
     # that the last iterate carries, so posterior means are not off by optimisation noise.
-    (_, _, _, params), losses, iterations, converged = run_chunks(
+    (_, _, _, params), losses, iterations, converged = drive(
         lambda carry: step_chunk(carry, *data), (params, optimizer.init(params), key_steps,
                                                  params),
         max_steps, chunk, tol, progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),

@@ -1,10 +1,32 @@
-"""Pieces every model shares: data-driven prior scales and the site layout.
+"""The model protocol, the capability registry, and pieces every model shares.
+
+A model family is one file in ``bnmf/models/`` (plus its line in ``MODELS`` of
+``bnmf/models/__init__.py``). It is a frozen dataclass of hyperparameters, registered as a JAX
+pytree with :func:`hyperparameter_pytree`, that provides
+
+* ``name`` (the string of ``model=``), ``needs_counts`` (integer data only) and
+  ``nuts_calibrated`` (whether NUTS's coverage was measured: ``method=None`` may then pick it);
+* ``sites(rank)``: its latent sites as :class:`Site` (name, dims in bnmf's layout, support),
+  which is all ``Fit``, ``idata``, alignment, save/load and the generic samplers know of them;
+* ``resolve(data, rank)``: the model with data-driven (empirical-Bayes) hyperparameters filled;
+* ``numpyro_model(X, mask, rank, W=None)``: its NumPyro program (``W`` given keeps it fixed);
+* ``log_likelihood(X, W, H, extras)``: per-entry log p(X_ij | sites), (n_features, n_samples);
+* ``init_extras(W, H, X, mask)``: starting values of its sites other than ``W``, ``H``.
+
+The generic methods (``map`` by Adam, ``svi``, ``nuts``) need nothing else. Everything faster is
+a **capability**: an optional function or object registered beside the model with
+:func:`register_capability` (e.g. ``"map_update"``, a :class:`MapUpdate` of closed-form MAP
+updates; ``"cavi"``, a coordinate-ascent variational family; ``"sparse_counts"``, an O(nnz)
+path for SciPy sparse counts; ``"start_model"``, the model whose closed-form MAP starts the
+generic one). Inference asks :func:`capability`; a method whose capability a model lacks raises a
+``ValueError`` naming the methods it supports (:func:`supported_methods`). Nothing is replaced
+silently.
 
 Site layout (NumPyro): ``W`` has shape (n_features, rank), sampled in the ``feature`` plate with
-the component axis as an event dim; ``H`` is sampled as (n_samples, rank) in the ``observation``
-plate and exposed everywhere else as (rank, n_samples). The likelihood sits in the
-``observation`` plate, with the feature axis as an event dim, so minibatching over samples is a
-``subsample_size`` away. One plate per axis name keeps NumPyro's plate dims consistent.
+the component axis as an event dim; ``H`` is sampled as (n_samples, rank) in the
+``observation`` plate and exposed everywhere else as (rank, n_samples). The likelihood sits in
+the ``observation`` plate, with the feature axis as an event dim, so minibatching over samples
+is a ``subsample_size`` away. One plate per axis name keeps NumPyro's plate dims consistent.
 """
 
 from __future__ import annotations
@@ -12,8 +34,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -53,6 +77,175 @@ def hyperparameter_pytree(cls):
 
     jax.tree_util.register_pytree_node(cls, flatten, unflatten)
     return cls
+
+
+# ----------------------------------------------------------------------- sites and layouts
+class Site(NamedTuple):
+    """One latent site of a model.
+
+    ``dims`` name its axes in bnmf's layout (after the leading chain, draw dims), from
+    ``feature``, ``component``, ``observation`` or a model's own; ``support`` is
+    ``"positive"`` (the generic methods work on its log) or ``"real"``; ``numpyro_transposed``
+    says that the NumPyro program samples it with its two axes swapped (``H`` is sampled as
+    (n_samples, rank) in the observation plate)."""
+
+    name: str
+    dims: tuple
+    support: str = "positive"
+    numpyro_transposed: bool = False
+
+
+W_SITE = Site("W", ("feature", "component"))
+H_SITE = Site("H", ("component", "observation"), numpyro_transposed=True)
+
+
+def site_dims(model, rank: int | None = None) -> dict:
+    """{site name: dims} of ``model`` (bnmf's layout), W and H included."""
+    return {site.name: site.dims for site in model.sites(rank)}
+
+
+def to_numpyro_layout(model, values: dict) -> dict:
+    """Site values in bnmf's layout to the layout of the NumPyro program (swap the two
+    trailing axes of the sites sampled transposed); ``values`` may hold a subset of sites."""
+    transposed = {site.name for site in model.sites(None) if site.numpyro_transposed}
+    return {name: (jnp.swapaxes(v, -1, -2) if name in transposed else v)
+            for name, v in values.items()}
+
+
+def from_numpyro_layout(model, values: dict) -> dict:
+    """Inverse of :func:`to_numpyro_layout` (the swap is its own inverse)."""
+    return to_numpyro_layout(model, values)
+
+
+# --------------------------------------------------------------------------- capabilities
+_CAPABILITIES: dict = {}  # model class -> {capability name: function or object}
+
+# Which capability each method that is not generic needs. A helper adding a method that needs
+# a model's own mathematics adds its line here (e.g. "gibbs": "gibbs_sweep").
+GENERIC_METHODS = ("map", "svi", "nuts")
+METHOD_CAPABILITY = {"cavi": "cavi", "gibbs": "gibbs_sweep"}
+
+
+def register_capability(model_class, name: str, value=None):
+    """Register ``value`` as capability ``name`` of ``model_class`` (and its subclasses).
+
+    Usable as a decorator: ``@register_capability(PoissonGamma, "cavi")`` above a function.
+    Returns ``value``."""
+    def register(value):
+        _CAPABILITIES.setdefault(model_class, {})[name] = value
+        return value
+
+    return register if value is None else register(value)
+
+
+def capabilities(model) -> dict:
+    """{name: capability} registered for ``model``'s class (and its base classes)."""
+    found = {}
+    for cls in reversed(type(model).__mro__):
+        found.update(_CAPABILITIES.get(cls, {}))
+    return found
+
+
+def has_capability(model, name: str) -> bool:
+    """Whether ``model`` provides capability ``name``."""
+    return name in capabilities(model)
+
+
+def supported_methods(model) -> tuple:
+    """The ``method=`` values ``model`` can be fitted with: the generic ones, plus each method
+    of :data:`METHOD_CAPABILITY` whose capability it provides."""
+    own = capabilities(model)
+    return GENERIC_METHODS + tuple(m for m, need in METHOD_CAPABILITY.items() if need in own)
+
+
+def models_with(name: str) -> list:
+    """Names of the model families that register capability ``name``."""
+    return sorted(getattr(cls, "name", cls.__name__) for cls, own in _CAPABILITIES.items()
+                  if name in own)
+
+
+def model_name(model) -> str:
+    return getattr(model, "name", type(model).__name__)
+
+
+def capability(model, name: str):
+    """Capability ``name`` of ``model``, or a ValueError naming what the model supports."""
+    own = capabilities(model)
+    if name in own:
+        return own[name]
+    methods = [m for m, need in METHOD_CAPABILITY.items() if need == name]
+    others = " or ".join(f"model={other!r}" for other in models_with(name))
+    detail = [f"capability {name!r}"] if methods else []
+    detail += [f"which {others} has"] if others else []
+    wanted = f"method={methods[0]!r}" if methods else f"capability {name!r}"
+    wanted += f" ({', '.join(detail)})" if detail else ""
+    raise ValueError(
+        f"model {model_name(model)!r} has no {wanted}; it supports method= "
+        f"{list(supported_methods(model))} (capabilities: {sorted(own) or 'none'})."
+    )
+
+
+def check_method(model, method: str) -> None:
+    """ValueError unless ``method`` is among :func:`supported_methods` of ``model``."""
+    if method in METHOD_CAPABILITY:
+        capability(model, METHOD_CAPABILITY[method])
+    elif method not in GENERIC_METHODS:
+        raise ValueError(f"method must be one of {list(supported_methods(model))} for model "
+                         f"{model_name(model)!r}, got {method!r}.")
+
+
+class MapUpdate(NamedTuple):
+    """Capability ``"map_update"``: closed-form MAP updates as an ``(init, step)`` pair.
+
+    * ``prepare(problem) -> aux``: the data in the form the updates use (a pytree; host side,
+      once per fit: e.g. sparse counts, a transposed copy, constants of the objective);
+    * ``prepare_masked(X, mask, model) -> aux``: the same for masked dense data, traceable
+      (the vmapped restarts and folds of rank selection, each with its own mask);
+    * ``init(W, H, aux, model) -> state``: a NamedTuple pytree with at least ``loss``
+      (the negative log joint of the current iterate, ``inf`` at the start);
+    * ``step(state, aux, model, n_steps, update_W) -> state``: ``n_steps`` updates (traced;
+      ``update_W`` static), never increasing the loss of what ``values`` returns, except
+      where the state has a ``relaxation`` field: then the driver redoes a chunk whose loss
+      rose with ``relaxation`` 1 (the plain, monotone update) and keeps it;
+    * ``values(state) -> dict``: the site values in bnmf's layout (W, H and the others);
+    * ``describe(problem) -> dict``: ``algorithm`` and ``mode_space`` for ``fit.info``;
+    * ``warm_start(problem, W, H, n_updates) -> (W, H, n_run)`` or None: an optional cheaper
+      start (e.g. least squares for counts), applied only to starts made by the fit itself.
+    """
+
+    prepare: Callable
+    prepare_masked: Callable
+    init: Callable
+    step: Callable
+    values: Callable
+    describe: Callable
+    warm_start: Any = None
+
+
+class CaviFamily(NamedTuple):
+    """Capability ``"cavi"``: a closed-form coordinate-ascent variational family.
+
+    * ``prepare(problem) -> aux``, ``init(W, H, aux, model, W_fixed) -> state`` (``loss`` =
+      negative bound, ``inf`` at the start) and ``step(state, aux, model, n_steps) -> state``
+      (sweeps that never decrease the bound), as for :class:`MapUpdate`;
+    * ``factors(state)``: the variational parameters;
+    * ``draw(factors, seed, num_draws) -> {"W": (num_draws, …), "H": …}`` (NumPy, bnmf
+      layout);
+    * ``minibatch_init(W, H, model)``, ``minibatch_step``, ``minibatch_final_block`` and
+      ``global_kl(shape_W, rate_W, model)``: the pieces of stochastic (minibatch) CAVI over
+      samples (:mod:`bnmf.inference.minibatch`), or None where the family has none.
+    """
+
+    prepare: Callable
+    init: Callable
+    step: Callable
+    draw: Callable
+    factors: Callable
+    algorithm: str
+    minibatch_init: Any = None
+    minibatch_step: Any = None
+    minibatch_final_block: Any = None
+    global_kl: Any = None
 
 
 def observed_mean(data: Data) -> float:

@@ -67,6 +67,7 @@ class HierarchicalPoissonGamma:
     rate_rate_H: float | None = None
 
     name = "poisson-hierarchical"
+    nuts_calibrated = True
     likelihood = "poisson"
     needs_counts = True
     extra_sites = HYPER_SITES

@@ -10,9 +10,25 @@ import numpyro
 import numpyro.distributions as dist
 
 from ..data import Data
-from .base import balanced_mean, hyperparameter_pytree, observe, observed_std, sample_H, sample_W
-from .gaussian import gaussian_log_likelihood, half_normal_scale_for_mean, rms_residual
-from .poisson import poisson_log_likelihood, poisson_rate
+from .base import (
+    H_SITE,
+    W_SITE,
+    Site,
+    balanced_mean,
+    hyperparameter_pytree,
+    observe,
+    observed_std,
+    register_capability,
+    sample_H,
+    sample_W,
+)
+from .gaussian import (
+    GaussianHalfNormal,
+    gaussian_log_likelihood,
+    half_normal_scale_for_mean,
+    rms_residual,
+)
+from .poisson import PoissonGamma, poisson_log_likelihood, poisson_rate
 
 
 def regularized_scale(tau, lam, c2):
@@ -86,6 +102,7 @@ class Horseshoe:
     scale_sigma: float | None = None
 
     name = "horseshoe"
+    nuts_calibrated = False  # its funnel geometry's NUTS coverage was not measured
 
     def __post_init__(self):
         if self.likelihood not in ("poisson", "gaussian"):
@@ -113,6 +130,17 @@ class Horseshoe:
         if self.likelihood == "gaussian":
             sites += ("sigma",)
         return sites
+
+    def sites(self, rank=None) -> tuple:
+        """W, H, the horseshoe scales of W (and of H with ``sparse_H``), sigma (Gaussian)."""
+        sites = [W_SITE, H_SITE, Site("tau_W", ("component",)), Site("c2_W", ("component",)),
+                 Site("lambda_W", ("feature", "component"))]
+        if self.sparse_H:
+            sites += [Site("tau_H", ("component",)), Site("c2_H", ("component",)),
+                      Site("lambda_H", ("observation", "component"))]
+        if self.likelihood == "gaussian":
+            sites.append(Site("sigma", ()))
+        return tuple(sites)
 
     def resolve(self, data: Data, rank: int) -> "Horseshoe":
         """Fill unset scales from the data."""
@@ -170,3 +198,14 @@ class Horseshoe:
         if self.likelihood == "gaussian":
             values["sigma"] = jnp.maximum(rms_residual(W, H, X, mask), 1e-3 * self.scale_sigma)
         return values
+
+
+def _start_model(model: Horseshoe):
+    """The flat-prior model of the horseshoe's likelihood, whose closed-form MAP starts the
+    horseshoe's MAP (and so its SVI and NUTS): the scales then start from factors that fit."""
+    if model.likelihood == "gaussian":
+        return GaussianHalfNormal(scale_W=1e15, scale_H=1e15, scale_sigma=1e15)
+    return PoissonGamma(a=1.0, rate_W=1e-15, rate_H=1e-15)
+
+
+register_capability(Horseshoe, "start_model", _start_model)
