@@ -89,12 +89,13 @@ def compiled_step(step: Callable, static: tuple, batched: bool):
         one = jax.vmap(one, in_axes=(0, 0, None, None))
     guarded = monotone_fallback(one)
 
-    @jax.jit
     def program(state, aux, model, n_steps):
         state = guarded(state, aux, model, n_steps)
         return state, state.loss[..., None]
 
-    return program
+    # named after the capability's step (e.g. poisson_mm_step) in profiles and JAX's caches
+    program.__name__ = program.__qualname__ = getattr(step, "__name__", "step")
+    return jax.jit(program)
 
 
 def drive(

@@ -361,7 +361,7 @@ def _init(W, H, data: GaussianData, model) -> NamedTuple:
     return MaskedState(W, H, jnp.asarray(sigma, W.dtype), inf)
 
 
-def _step(state, data: GaussianData, model, n_steps, update_W: bool):
+def gaussian_map_step(state, data: GaussianData, model, n_steps, update_W: bool):
     hyper = model.hyper()
     if data.XT is not None:
         hals, loss = _gaussian_hals_chunk(state.hals, data.X, data.XT, hyper, n_steps=n_steps,
@@ -383,5 +383,5 @@ def _describe(problem) -> dict:
 
 
 register_capability(GaussianHalfNormal, "map_update", MapUpdate(
-    prepare=_prepare, prepare_masked=_prepare_masked, init=_init, step=_step, values=_values,
-    describe=_describe))
+    prepare=_prepare, prepare_masked=_prepare_masked, init=_init, step=gaussian_map_step,
+    values=_values, describe=_describe))

@@ -427,7 +427,7 @@ def _map_init(W, H, data: PoissonData, model) -> MMState:
     return MMState(W, H, jnp.asarray(jnp.inf, dtype), jnp.asarray(RELAXATION, dtype))
 
 
-def _map_step(state: MMState, data: PoissonData, model, n_steps, update_W: bool) -> MMState:
+def poisson_mm_step(state: MMState, data: PoissonData, model, n_steps, update_W: bool) -> MMState:
     W, H, loss = _poisson_mm_counts_chunk(state.W, state.H, data.counts, model.hyper(),
                                           data.data_constant, state.relaxation,
                                           n_steps=n_steps, update_W=update_W)
@@ -450,7 +450,7 @@ def _map_warm_start(problem, W, H, n_updates: int):
 
 
 register_capability(PoissonGamma, "map_update", MapUpdate(
-    prepare=_map_prepare, prepare_masked=_map_prepare_masked, init=_map_init, step=_map_step,
+    prepare=_map_prepare, prepare_masked=_map_prepare_masked, init=_map_init, step=poisson_mm_step,
     values=lambda state: {"W": state.W, "H": state.H}, describe=_map_describe,
     warm_start=_map_warm_start))
 
@@ -480,7 +480,7 @@ def _cavi_init(W, H, data: CaviData, model, W_fixed=None) -> CaviState:
     return CaviState(factors, jnp.asarray(jnp.inf, H.dtype))
 
 
-def _cavi_step(state: CaviState, data: CaviData, model, n_steps) -> CaviState:
+def poisson_cavi_step(state: CaviState, data: CaviData, model, n_steps) -> CaviState:
     hyper = model.hyper()
     factors = lax.fori_loop(0, n_steps, lambda _, f: _sweep(f, data.counts, hyper),
                             state.factors)
@@ -514,7 +514,7 @@ def draw_factors(factors: GammaFactors, seed: int, num_draws: int):
 
 
 register_capability(PoissonGamma, "cavi", CaviFamily(
-    prepare=_cavi_prepare, init=_cavi_init, step=_cavi_step,
+    prepare=_cavi_prepare, init=_cavi_init, step=poisson_cavi_step,
     draw=lambda factors, seed, num_draws: dict(zip("WH", draw_factors(factors, seed, num_draws))),
     minibatch_init=lambda W, H, model: initial_factors(W, H, model.a),
     minibatch_step=minibatch_step, minibatch_final_block=minibatch_final_block,
