@@ -444,7 +444,9 @@ def sum_kl(c, A, B):
 def _kl(X, weight, A, B):
     rate = jnp.maximum(A @ B, jnp.finfo(X.dtype).tiny)
     terms = xlogy(X, X / rate) - X + rate
-    return jnp.sum(terms if weight is None else weight * terms)
+    # selected, not multiplied: an unobserved count where the rate is 0 (a sample every one of
+    # whose entries is masked, as in the bootstrap's resamples) has an infinite term
+    return jnp.sum(terms if weight is None else jnp.where(weight > 0, weight * terms, 0.0))
 
 
 def sum_rate(c, A, B):
