@@ -127,6 +127,11 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     check_method(model, method)
     _check_inference_options(method, options)
+    if method == "map" and isinstance(model, HierarchicalPoissonGamma):
+        # learned shapes can go to 0 with the factor entries: the joint density has no mode
+        raise ValueError("method='map' has no mode for model='poisson-hierarchical' (learned "
+                         "gamma shapes make the density unbounded); use method='gibbs', "
+                         "'nuts' or 'svi', or model='poisson' for a MAP fit.")
     resolved = model.resolve(data, rank)
     with numerics(dtype):
         values = _problem_values(data, resolved, method, dtype)

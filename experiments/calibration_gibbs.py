@@ -46,7 +46,7 @@ METHODS = {
     "gibbs-hier": {"method": "gibbs", "model": "poisson-hierarchical"},
     "cavi": {"method": "cavi"},
 }
-GIBBS_OPTIONS = {"num_chains": 2, "num_warmup": 300, "num_samples": 300}
+GIBBS_OPTIONS = {"num_chains": 2, "num_warmup": 250, "num_samples": 300}
 
 
 def simulate(generator: str, F: int, N: int, K: int, seed: int):

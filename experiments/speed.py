@@ -1138,6 +1138,47 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
     return "\n".join(lines)
 
 
+def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 10,
+                      counts_per_sample: float = 1000.0) -> dict:
+    """One Gibbs sweep (one chain, warm) of ``model="poisson"`` against one scikit-learn MU/KL
+    iteration on the same X, in the same run: Dirichlet(0.5) parts, gamma(0.8) exposures."""
+    import jax.numpy as jnp
+    from bnmf.inference.common import Problem
+    from bnmf.inference.gibbs import CHUNK, GibbsData, _draws, _entries, _priors, gibbs_init
+    from bnmf.inference.gibbs_poisson import allocation
+    from bnmf.inference.map import poisson_counts
+
+    rng = np.random.default_rng(SEED)
+    W = rng.dirichlet(np.full(n_features, 0.5), rank).T
+    H = rng.gamma(0.8, counts_per_sample / (0.8 * rank), (rank, n_samples))
+    X = rng.poisson(W @ H).astype(np.float32)
+    problem = Problem(jnp.asarray(X), jnp.ones(X.shape, bool), rank,
+                      bnmf.models.PoissonGamma(a=1.0, rate_W=1.0, rate_H=1.0))
+    data = GibbsData(allocation(*_entries(problem), jnp.float32, 128), poisson_counts(problem),
+                     *_priors(problem, jnp.float32))
+    one = {"a_W": np.ones(rank), "b_W": np.ones(rank), "a_H": np.ones(rank), "b_H": np.ones(rank)}
+    state = gibbs_init(jax.random.PRNGKey(0), jnp.asarray(W, jnp.float32),
+                       jnp.asarray(H, jnp.float32), one)
+    states = jax.tree.map(lambda x: x[None], state)
+    flags = {"learn": False, "sample_W": True}
+    start = time.perf_counter()
+    jax.block_until_ready(_draws(states, data, 1, **flags))
+    first = time.perf_counter() - start  # compilation and one chunk
+    start = time.perf_counter()
+    jax.block_until_ready(_draws(states, data, 1, **flags))
+    sweep = (time.perf_counter() - start) / CHUNK
+    estimator = NMF(rank, solver="mu", beta_loss="kullback-leibler", init="nndsvda",
+                    random_state=SEED, max_iter=50, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        estimator.fit_transform(X.T)
+        mu = (time.perf_counter() - start) / estimator.n_iter_
+    return {"size": f"{n_features}x{n_samples} r{rank}", "counts": int(X.sum()),
+            "nnz": int((X > 0).sum()), "first_call_s": first, "sweep_ms": 1e3 * sweep,
+            "sklearn_mu_iteration_ms": 1e3 * mu, "ratio": sweep / mu}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (well under a minute)")
@@ -1148,7 +1189,12 @@ def main(argv=None) -> None:
                         help="cap on bnmf iterations when chasing scikit-learn's objective")
     parser.add_argument("--sizes", default=None,
                         help="comma-separated FxN labels to run (e.g. 5000x5000; default all)")
+    parser.add_argument("--gibbs", action="store_true",
+                        help="only time one Gibbs sweep against one scikit-learn MU iteration")
     args = parser.parse_args(argv)
+    if args.gibbs:
+        print(time_gibbs_sweeps())
+        return
     sizes = QUICK if args.quick else FULL
     if args.sizes:
         wanted = set(args.sizes.split(","))

@@ -240,6 +240,15 @@ def test_gibbs_refuses_other_models_and_bad_options():
         gp.allocation(np.zeros(1, int), np.zeros(1, int), np.array([1.5]), jnp.float32)
 
 
+def test_hierarchical_model_is_never_silently_replaced():
+    """MAP has no mode and CAVI no closed form for the learned shapes: both refuse."""
+    X = np.random.default_rng(0).poisson(3.0, (10, 8))
+    with pytest.raises(ValueError, match="method='map' has no mode"):
+        bnmf.fit(X, 2, model="poisson-hierarchical", method="map")
+    with pytest.raises(ValueError, match="method='cavi' needs the conjugate"):
+        bnmf.fit(X, 2, model="poisson-hierarchical", method="cavi")
+
+
 def test_same_seed_same_draws():
     X, _, _ = simulate(n_features=10, n_samples=8, rank=2, counts_per_sample=100, seed=1)
     opts = dict(method="gibbs", num_warmup=10, num_samples=10, num_chains=2, seed=4)

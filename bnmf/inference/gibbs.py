@@ -99,14 +99,6 @@ def gibbs_step(state: GibbsState, data: GibbsData, *, learn: bool, sample_W: boo
 
 
 @partial(jax.jit, static_argnames=("learn", "sample_W"))
-def _burn_in(states, data, n_sweeps, *, learn, sample_W):
-    """``n_sweeps`` (traced: one program for every chunk) sweeps of every chain, states
-    batched over chains; nothing kept."""
-    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W)
-    return jax.vmap(lambda s: jax.lax.fori_loop(0, n_sweeps, lambda _, x: step(x), s))(states)
-
-
-@partial(jax.jit, static_argnames=("learn", "sample_W"))
 def _draws(states, data, thin, *, learn, sample_W):
     """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
     with draws a GibbsState batched (chain, draw), keys left out."""
@@ -203,7 +195,8 @@ def fit_gibbs(
         Start of the first chain's MAP; the other chains start from MAP fits of seeded random
         starts (different restarts: label switching between chains is undone by alignment).
     num_warmup, num_samples, thin : int
-        Burn-in sweeps, then ``num_samples`` draws kept ``thin`` sweeps apart, per chain.
+        Burn-in sweeps (rounded up to a multiple of 50: ``info["num_warmup"]`` says how many
+        ran), then ``num_samples`` draws kept ``thin`` sweeps apart, per chain.
     num_chains : int
         Chains, run together (``vmap``) in one compiled program.
     max_tokens : int
@@ -239,12 +232,13 @@ def fit_gibbs(
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps", progress)
     flags = {"learn": learn, "sample_W": sample_W}
+    # burn-in through the same compiled program as the draws (one compilation, not two):
+    # whole chunks of CHUNK sweeps, so num_warmup is rounded up to a multiple of CHUNK
     done = 0
     while done < num_warmup:
-        n = min(CHUNK, num_warmup - done)
-        states = _burn_in(states, data, n, **flags)
-        done += n
-        bar.update(n)
+        states, _ = _draws(states, data, 1, **flags)
+        done += CHUNK
+        bar.update(CHUNK)
     chunks = []
     kept = 0
     while kept < num_samples:  # whole chunks of draws; the last one's surplus is dropped
@@ -263,7 +257,7 @@ def fit_gibbs(
     if not sample_W:
         W = np.asarray(problem.W_fixed)
         draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()
-    info = {"algorithm": "gibbs", "num_chains": num_chains, "num_warmup": num_warmup,
+    info = {"algorithm": "gibbs", "num_chains": num_chains, "num_warmup": done,
             "num_samples": num_samples, "thin": thin,
             "split": {"token_buckets": [int(b.slots.shape[0]) for b in alloc.tokens],
                       "binomial_entries": 0 if alloc.binomial is None

@@ -38,8 +38,8 @@ from ..models.counts import mask_left, mask_right
 
 # Counts up to this are split token by token (one uniform each); larger ones by binomials.
 # Measured in experiments/speed.py (gibbs rows): a token costs ~rank compares and one
-# uniform, a binomial ~40 ns, so tokens win up to a few hundred.
-MAX_TOKENS = 128
+# uniform, a binomial ~0.4 µs, so tokens win up to a few hundred.
+MAX_TOKENS = 256
 # Metropolis steps on each learned shape per sweep, and the proposal scale c / sqrt(n) on
 # log a (posterior sd of log a is about 1–1.4 / sqrt(n) for n gamma entries).
 SHAPE_STEPS = 3
@@ -103,17 +103,19 @@ def allocation(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, dtype,
     counts = counts.astype(np.int64)
     keep = counts > 0
     rows, cols, counts = rows[keep], cols[keep], counts[keep]
-    widths = 2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    # widths 1, 4, 16, 64, 256: padding at most quadruples the tokens of a bucket, and few
+    # buckets keep the compiled sweep small (each is its own code)
+    widths = 4 ** np.ceil(np.log(np.maximum(counts, 1)) / np.log(4) - 1e-9).astype(np.int64)
     tokens = []
     width = 1
-    while width <= max_tokens:
+    while width <= 4 * max_tokens:
         chosen = (widths == width) & (counts <= max_tokens)
         if chosen.any():
             n = padded_length(int(chosen.sum()))
             tokens.append(TokenBucket(*(jnp.asarray(_padded(a[chosen], n), jnp.int32)
                                         for a in (rows, cols, counts)),
                                       jnp.arange(width, dtype=jnp.int32)))
-        width *= 2
+        width *= 4
     large = counts > max_tokens
     binomial = None
     if large.any():
