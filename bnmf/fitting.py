@@ -10,9 +10,10 @@ import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
+from .inference import ard as _ard  # noqa: F401  (registers the ARD Gibbs sampler)
 from .inference.common import numerics, to_device
 from .models import MODELS, get_model
-from .models.base import check_method, has_capability, supported_methods
+from .models.base import capability, check_method, has_capability, supported_methods
 from .models.counts import SparseCounts, sparse_counts
 from .posterior import Fit, build_idata
 
@@ -44,13 +45,21 @@ def _split_options(model, options: dict):
     return model_options, {k: v for k, v in options.items() if k not in model_fields}
 
 
-def _inference_options(method: str) -> set:
+def _inference(method: str, model=None):
+    """The inference function of ``method`` for ``model``: a Gibbs sampler is the model's own
+    ``gibbs_sweep`` capability (e.g. :func:`bnmf.inference.ard.fit_ard_gibbs`)."""
+    if method == "gibbs" and model is not None and has_capability(model, "gibbs_sweep"):
+        return capability(model, "gibbs_sweep")
+    return METHODS[method]
+
+
+def _inference_options(method: str, model=None) -> set:
     """The keyword options ``METHODS[method]`` accepts (beyond the problem and the seed)."""
-    return set(inspect.signature(METHODS[method]).parameters) - {"problem", "seed"}
+    return set(inspect.signature(_inference(method, model)).parameters) - {"problem", "seed"}
 
 
-def _check_inference_options(method: str, options: dict) -> None:
-    accepted = _inference_options(method)
+def _check_inference_options(method: str, options: dict, model=None) -> None:
+    accepted = _inference_options(method, model)
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TypeError(
@@ -117,6 +126,9 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
     ``method=None`` runs :func:`default_method`'s choice.
     """
     choice = None
+    if getattr(model, "name", None) == "ard" and method is None:
+        method, choice = "gibbs", ("gibbs: the ARD model's exact conjugate sampler; "
+                                   "fit.rank_posterior() is the share of its draws")
     if method is None:
         method, choice = default_method(model, data.shape, rank, options, W_fixed is not None)
     if dtype not in DTYPES:
@@ -126,7 +138,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     check_method(model, method)
-    _check_inference_options(method, options)
+    _check_inference_options(method, options, model)
     if method == "map" and isinstance(model, HierarchicalPoissonGamma):
         # learned shapes can go to 0 with the factor entries: the joint density has no mode
         raise ValueError("method='map' has no mode for model='poisson-hierarchical' (learned "
@@ -142,7 +154,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
             model=resolved,
             W_fixed=None if W_fixed is None else jnp.asarray(W_fixed, dtype=dtype),
         )
-        raw = METHODS[method](problem, seed=int(seed), **options)
+        raw = _inference(method, resolved)(problem, seed=int(seed), **options)
     if choice is not None:
         raw = raw._replace(info={**(raw.info or {}), "method_choice": choice})
     meta = {"model": resolved.name, "model_params": dataclasses.asdict(resolved),

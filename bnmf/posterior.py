@@ -52,6 +52,7 @@ SITE_DIMS = {
     "b_W": ("component",),
     "a_H": ("component",),
     "b_H": ("component",),
+    "relevance": ("component",),
 }
 
 
@@ -403,6 +404,38 @@ class Fit:
     def num_draws(self) -> int:
         shape = self._draws("W").shape
         return shape[0] * shape[1]
+
+    def rank_posterior(self, min_share: float = 0.01) -> pd.Series:
+        """Posterior distribution of the number of active components.
+
+        A component is *active* in a draw when it carries at least ``min_share`` of the
+        expected total count, Σ_i W_ik Σ_j H_kj / Σ_ij (WH)_ij (for ``model="ard"`` fitted from
+        ``max_rank`` components, the others have been shrunk away by their relevance). Returns
+        the share of draws with each number of active components, indexed 0..rank; for a MAP
+        fit, one draw. Nothing is pruned from the draws themselves.
+        """
+        if not 0 < min_share < 1:
+            raise ValueError(f"min_share must lie in (0, 1), got {min_share!r}.")
+        W, H = self._draws("W"), self._draws("H")
+        mass = W.sum(axis=-2) * H.sum(axis=-1)  # (chain, draw, component)
+        share = mass / np.maximum(mass.sum(axis=-1, keepdims=True), 1e-300)
+        n_active = (share >= min_share).sum(axis=-1).ravel()
+        counts = np.bincount(n_active, minlength=self.rank + 1)
+        return pd.Series(counts / n_active.size, index=pd.RangeIndex(self.rank + 1,
+                         name="active_components"), name="probability")
+
+    def effective_rank(self, min_share: float = 0.01) -> int:
+        """The posterior mode of the number of active components (see :meth:`rank_posterior`)."""
+        return int(self.rank_posterior(min_share).to_numpy().argmax())
+
+    def active_components(self, min_share: float = 0.01, prob: float = 0.5) -> list:
+        """Components active (share of the expected count ≥ ``min_share``) in at least
+        ``prob`` of the draws: index ``fit.W`` and ``fit.H`` with them to prune the summaries."""
+        W, H = self._draws("W"), self._draws("H")
+        mass = W.sum(axis=-2) * H.sum(axis=-1)
+        share = mass / np.maximum(mass.sum(axis=-1, keepdims=True), 1e-300)
+        frequency = (share >= min_share).mean(axis=(0, 1))
+        return [int(k) for k in np.nonzero(frequency >= prob)[0]]
 
     def interval(self, prob: float = 0.9) -> dict:
         """Equal-tailed credible intervals: ``{"W": (lower, upper), "H": (lower, upper)}``.

@@ -7,16 +7,17 @@ extras)`` (per entry) and ``init_extras`` (starting values of its own sites).
 
 from __future__ import annotations
 
+from .ard import ARDPoisson
 from .gaussian import GaussianHalfNormal
 from .hierarchical import HierarchicalPoissonGamma
 from .horseshoe import Horseshoe
 from .poisson import PoissonGamma
 
-__all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe", "MODELS",
-           "get_model"]
+__all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe",
+           "ARDPoisson", "MODELS", "get_model"]
 
 MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe,
-          "poisson-hierarchical": HierarchicalPoissonGamma}
+          "poisson-hierarchical": HierarchicalPoissonGamma, "ard": ARDPoisson}
 
 
 def get_model(model, **options):
