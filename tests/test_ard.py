@@ -111,7 +111,7 @@ def test_bad_ard_options_are_refused():
     with pytest.raises(ValueError, match="ARDPoisson.a must be above 1"):
         bnmf.fit(X, 4, model="ard", a=1.0)
     with pytest.raises(ValueError, match="method must be one of"):
-        bnmf.fit(X, 4, model="poisson", method="gibbs")
+        bnmf.fit(X, 4, model="ard", method="hmc")
     with pytest.raises(ValueError, match="min_share must lie in"):
         bnmf.fit(X, 4, model="ard", method="map").rank_posterior(min_share=0)
     with pytest.raises(ValueError, match="non-integer"):
