@@ -233,13 +233,15 @@ def test_held_out_pairs_are_predicted():
 def test_planted_overlapping_communities_beat_sklearn_nmf():
     from sklearn.decomposition import NMF
 
-    A, W_true = planted_overlapping_graph(n_nodes=150, rank=4, seed=0)
+    # a sparse graph (~900 edges among 200 nodes), where least squares on the zeros of A
+    # blurs the communities (dense graphs: both reach ~0.96, experiments/results/network.md)
+    A, W_true = planted_overlapping_graph(n_nodes=200, rank=4, strength=0.4, seed=0)
     fit = bnmf.fit_network(A, 4, method="map", seed=0)
     ours = aligned_cosines(fit.W, W_true)[0]
     W_nmf = NMF(4, init="nndsvda", max_iter=1000, random_state=0).fit_transform(A)
     theirs = aligned_cosines(W_nmf, W_true)[0]
-    assert ours.mean() > theirs.mean()
-    assert ours.mean() > 0.85
+    assert ours.mean() > theirs.mean() + 0.1
+    assert ours.mean() > 0.9
 
 
 def test_directed_memberships_are_recovered():
