@@ -12,7 +12,7 @@ from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
 from .inference import ard as _ard  # noqa: F401  (registers the ARD Gibbs sampler)
 from .inference.common import numerics, to_device
-from .models import MODELS, get_model
+from .models import MODELS, HierarchicalPoissonGamma, get_model
 from .models.base import capability, check_method, has_capability, supported_methods
 from .models.counts import SparseCounts, sparse_counts
 from .posterior import Fit, build_idata
