@@ -41,7 +41,15 @@ from scipy.spatial.distance import squareform
 from tqdm.auto import tqdm
 
 from .data import Data, check_rank, prepare
-from .fitting import DTYPES, _split_options
+from .fitting import (
+    DTYPES,
+    _check_inference_options,
+    _inference_options,
+    _split_options,
+    default_method,
+    fit_data,
+)
+from .inference import METHODS as FIT_METHODS
 from .inference import Problem
 from .inference.batch import (
     batch_starts,
@@ -63,7 +71,10 @@ __all__ = [
     "select_rank",
 ]
 
-METHODS = ("svi", "map")
+# Methods whose restarts × folds of a rank run as one vmap-ed batch; the others (NUTS, CAVI,
+# Gibbs) run as a loop of bnmf fits, scored from their posterior draws.
+BATCHED_METHODS = ("svi", "map")
+METHODS = tuple(FIT_METHODS)
 TABLE_COLUMNS = ("elbo", "elbo_sd", "heldout_lpd", "heldout_lpd_se", "heldout_lpd_diff",
                  "heldout_lpd_diff_se", "reconstruction_error", "cophenetic", "stability",
                  "stability_min", "converged", "seconds")
@@ -436,6 +447,70 @@ def fit_rank(data: Data, rank: int, model_obj, method: str, heldout: np.ndarray,
     return row, np.concatenate(pointwise), fits[0]
 
 
+def fit_rank_loop(data: Data, rank: int, model_obj, method: str, heldout: np.ndarray,
+                  restarts: int, seed: int, dtype: str, num_draws: int, options: dict):
+    """:func:`fit_rank` for methods without a batched program (NUTS, CAVI, Gibbs): one
+    :func:`bnmf.fitting.fit_data` per restart and mask; held-out entries are scored by the log
+    posterior predictive density from each fit's draws, restarts compared by their mean log
+    predictive density of the training entries (the ELBO where the method has one)."""
+    start_time = time.perf_counter()
+    folds = heldout.shape[0]
+    train = np.concatenate([data.mask[None], data.mask[None] & ~heldout])
+    fits, scores, converged = {}, {}, []
+    draws = {"num_draws": num_draws} if "num_draws" in _inference_options(method) else {}
+    for g in range(folds + 1):
+        seen = dataclasses.replace(data, mask=train[g],
+                                   values=np.where(train[g], data.values, 0.0))
+        members = []
+        for r in range(restarts):
+            member_seed = seed * 100_003 + rank * 1_009 + 31 * g + r
+            fit = fit_data(seen, rank, model_obj, method, seed=member_seed, dtype=dtype,
+                           init="nndsvda" if r == 0 else "random", progress=False,
+                           **draws, **options)
+            score = fit.elbo if fit.elbo is not None else float(
+                np.nanmean(fit.log_likelihood()))
+            members.append((score, fit))
+            converged.append(float(fit.info.get("converged", np.nan)))
+        scores[g] = np.array([s for s, _ in members])
+        fits[g] = [f for _, f in members]
+    best = {g: int(np.nanargmax(scores[g])) for g in scores}
+    pointwise, fold_means = [], []
+    for f in range(folds):
+        lpd = fits[f + 1][best[f + 1]].log_likelihood(data.values, mask=heldout[f])
+        pointwise.append(lpd[heldout[f]])
+        fold_means.append(pointwise[-1].mean())
+    Ws = np.stack([np.asarray(fit.W, dtype=np.float64) for fit in fits[0]])
+    Hs = np.stack([np.asarray(fit.H, dtype=np.float64) for fit in fits[0]])
+    stability, stability_min = restart_stability(Ws, best[0])
+    cophenetic = cophenetic_correlation(Hs.argmax(axis=1)) if restarts > 1 else float("nan")
+    has_elbo = fits[0][0].elbo is not None
+    elbo = scores[0] if has_elbo else np.full(restarts, np.nan)
+    fold_means = np.asarray(fold_means)
+    row = {
+        "elbo": float(np.mean(elbo)),
+        "elbo_sd": float(np.std(elbo, ddof=1)) if restarts > 1 else float("nan"),
+        "heldout_lpd": float(fold_means.mean()),
+        "heldout_lpd_se": (float(fold_means.std(ddof=1) / np.sqrt(folds)) if folds > 1
+                           else float("nan")),
+        "heldout_lpd_diff": float("nan"),
+        "heldout_lpd_diff_se": float("nan"),
+        "reconstruction_error": _relative_error(fits[0][best[0]], data),
+        "cophenetic": cophenetic,
+        "stability": stability,
+        "stability_min": stability_min,
+        "converged": float(np.nanmean(converged)) if np.isfinite(converged).any() else 1.0,
+        "seconds": time.perf_counter() - start_time,
+    }
+    return row, np.concatenate(pointwise), fits[0][best[0]]
+
+
+def rank_method(method: str | None, model_obj, shape: tuple[int, int], rank: int,
+                options: dict) -> str:
+    """The method a rank is fitted with: ``method``, or for None the one ``bnmf.fit(X, rank)``
+    would run (:func:`bnmf.fitting.default_method`)."""
+    return method if method is not None else default_method(model_obj, shape, rank, options)[0]
+
+
 # ------------------------------------------------------------------------------- public
 def _check_ranks(ranks, shape) -> list[int]:
     if isinstance(ranks, (int, np.integer)) or isinstance(ranks, (str, bytes)):
@@ -460,7 +535,7 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
+def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = None,
                 holdout: float = 0.1, folds: int = 3, restarts: int = 4, seed: int = 0,
                 mask=None, *, missing: str = "error", dtype: str = "float32",
                 num_draws: int = 1000, checkpoint=None, progress: bool | None = None,
@@ -474,10 +549,16 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
     ranks : iterable of int
         Ranks to compare, each 1 ≤ k ≤ min(X.shape).
     model : {"poisson", "gaussian", "horseshoe"} or a model object
-    method : {"svi", "map"}
-        ``"svi"`` scores held-out entries by the log posterior predictive density (mean of the
-        likelihood over 1,000 posterior draws); ``"map"`` by the plug-in density at the point
-        estimate, and has no ELBO.
+    method : {"map", "svi", "nuts", "cavi", "gibbs"}, optional
+        Every method of :func:`bnmf.fit`. None (the default) runs at each rank the method
+        ``bnmf.fit(X, rank)`` would run (:func:`bnmf.fitting.default_method`), so the rank is
+        chosen with the posterior users then read intervals from; ``sel.table["method"]`` says
+        which ran at each rank (near NUTS's size limit, small ranks may run NUTS and larger
+        ones another method). Posterior methods score held-out entries by the log posterior
+        predictive density (mean of the likelihood over the posterior draws); ``"map"`` by the
+        plug-in density at the point estimate, and has no ELBO. ``"svi"`` and ``"map"`` run
+        all restarts and folds of a rank as one batched program; the others as a loop of fits
+        (options such as ``num_samples=`` or ``num_warmup=`` go to each).
     holdout : float in (0, 1)
         Fraction of observed entries held out in each fold (disjoint across folds, never a
         whole row or column; see :func:`heldout_masks`). Held-out entries enter no fit's
@@ -525,16 +606,13 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
     >>> sel.best_rank in (1, 2, 3)
     True
     """
-    if method not in METHODS:
-        raise ValueError(
-            f"method must be one of {METHODS} for select_rank, got {method!r}; NUTS is too "
-            "slow for a sweep — run it at the chosen rank with bnmf.fit.")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}.")
     model_options, inference_options = _split_options(model, options)
-    _check_batch_options(method, inference_options)
     model_obj = get_model(model, **model_options)
     data = prepare(X, mask=mask, missing=missing, counts=model_obj.needs_counts)
     ranks = _check_ranks(ranks, data.shape)
@@ -543,7 +621,11 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
     num_draws = _check_int("num_draws", num_draws, 1)
     _check_holdout(holdout, folds)
     heldout = heldout_masks(data.mask, holdout, folds, seed)
-    settings = {"model": repr(model_obj), "method": method, "holdout": float(holdout),
+    methods = {k: rank_method(method, model_obj, data.shape, k, inference_options)
+               for k in ranks}
+    for name in sorted(set(methods.values())):
+        _check_batch_options(name, inference_options)
+    settings = {"model": repr(model_obj), "method": str(method), "holdout": float(holdout),
                 "folds": folds, "restarts": restarts, "seed": int(seed), "dtype": dtype,
                 "num_draws": num_draws, "options": repr(sorted(inference_options.items())),
                 "data": _fingerprint(data)}
@@ -558,14 +640,20 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
     with tqdm(todo, desc="select_rank", unit="rank", disable=disable) as bar:
         for k in bar:
             bar.set_postfix(rank=k)
-            rows[k], pointwise[k], fits[k] = fit_rank(
-                data, k, model_obj, method, heldout, restarts, seed, dtype, num_draws,
-                inference_options)
+            if methods[k] in BATCHED_METHODS:
+                rows[k], pointwise[k], fits[k] = fit_rank(
+                    data, k, model_obj, methods[k], heldout, restarts, seed, dtype, num_draws,
+                    inference_options)
+            else:
+                rows[k], pointwise[k], fits[k] = fit_rank_loop(
+                    data, k, model_obj, methods[k], heldout, restarts, seed, dtype, num_draws,
+                    inference_options)
             if path is not None:
                 _write_checkpoint(path, settings, rows, pointwise, fits, k)
     table = pd.DataFrame([rows[k] for k in ranks], index=pd.Index(ranks, name="rank"),
                          columns=list(TABLE_COLUMNS))
     best, reason, table = choose_rank(table, {k: pointwise[k] for k in ranks})
+    table["method"] = [methods[k] for k in ranks]  # what ran at each rank
     return RankSelection(table=table, best_rank=best, reason=reason,
                          fits={k: fits[k] for k in ranks}, settings=settings,
                          pointwise={k: pointwise[k] for k in ranks})
@@ -574,6 +662,9 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str = "svi",
 def _check_batch_options(method: str, options: dict) -> None:
     import inspect
 
+    if method not in BATCHED_METHODS:
+        _check_inference_options(method, options)
+        return
     function = fit_svi_batch if method == "svi" else fit_map_batch
     accepted = {name for name, p in inspect.signature(function).parameters.items()
                 if p.kind == p.KEYWORD_ONLY}

@@ -1,5 +1,7 @@
 """Rank selection: held-out masks, stability measures, the decision rule, batching, resume."""
 
+import warnings
+
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
@@ -14,10 +16,11 @@ from scipy.stats import poisson
 import bnmf
 from bnmf import selection
 from bnmf.data import prepare
+from bnmf.fitting import default_method
 from bnmf.inference.batch import batch_starts, fit_map_batch
 from bnmf.inference.common import Problem
 from bnmf.inference.map import fit_map
-from bnmf.models import GaussianHalfNormal, PoissonGamma
+from bnmf.models import GaussianHalfNormal, PoissonGamma, get_model
 from bnmf.posterior import arviz_group
 from bnmf.selection import (
     TABLE_COLUMNS,
@@ -215,8 +218,8 @@ def test_select_rank_table_fits_and_plot():
 
 
 def test_select_rank_svi_scores_with_the_posterior_predictive_density():
-    sel = bnmf.select_rank(X_SMALL, ranks=[2], restarts=2, folds=2, holdout=0.2, seed=1,
-                           max_steps=100, min_steps=100, num_draws=50, map_iter=100,
+    sel = bnmf.select_rank(X_SMALL, ranks=[2], method="svi", restarts=2, folds=2, holdout=0.2,
+                           seed=1, max_steps=100, min_steps=100, num_draws=50, map_iter=100,
                            progress=False)
     row = sel.table.loc[2]
     assert np.isfinite(row[["elbo", "elbo_sd", "heldout_lpd"]].astype(float)).all()
@@ -293,7 +296,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
     (dict(ranks=[2, 31]), ValueError, r"rank=31 is out of range"),
     (dict(ranks=3), TypeError, "ranks must be a sequence of integers"),
     (dict(ranks=[2.5]), TypeError, "rank must be an integer"),
-    (dict(method="nuts"), ValueError, "NUTS is too slow"),
+    (dict(method="lbfgs"), ValueError, r"method must be one of \['cavi', 'gibbs'"),
     (dict(holdout=0.6, folds=2), ValueError, "folds × holdout"),
     (dict(restarts=0), ValueError, "restarts must be an integer ≥ 1"),
     (dict(seed=1.5), TypeError, "seed must be an integer"),
@@ -370,3 +373,38 @@ def test_cli_rejects_bad_ranks(tmp_path, capsys):
     pd.DataFrame(X_SMALL).to_csv(path)
     assert main(["select-rank", str(path), "--ranks", "two-ten"]) == 2
     assert "--ranks must look like 2-10" in capsys.readouterr().err
+
+
+def test_select_rank_default_method_is_bnmf_fits_and_the_table_says_it():
+    # 10 × 12 at ranks 1 and 2: bnmf.fit's default is NUTS there; options go to every fit
+    X = X_SMALL[:10, :12]
+    options = {"restarts": 1, "folds": 2, "holdout": 0.2, "progress": False,
+               "num_warmup": 30, "num_samples": 30, "num_chains": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # chains this short do not mix
+        sel = bnmf.select_rank(X, ranks=[1, 2], method=None, **options)
+    expected = [default_method(get_model("poisson"), X.shape, k, {})[0] for k in (1, 2)]
+    assert expected == ["nuts", "nuts"]
+    assert list(sel.table["method"]) == expected
+    fit = sel.fits[2]
+    assert fit.method == "nuts" and fit.num_draws == 30
+    # held-out entries scored from the posterior draws: log of the mean density over draws
+    held = heldout_masks(prepare(X).mask, 0.2, 2, seed=0)
+    assert sel.pointwise[2].size == held.sum()
+    assert np.all(np.isfinite(sel.table["heldout_lpd"].astype(float)))
+
+
+@pytest.mark.parametrize("method", ["cavi", "gibbs"])
+def test_select_rank_runs_every_fit_method(method):
+    options = {"cavi": {"max_iter": 50, "num_draws": 20},
+               "gibbs": {"num_warmup": 20, "num_samples": 20, "num_chains": 2}}[method]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # short chains
+        sel = bnmf.select_rank(X_SMALL[:12, :15], ranks=[1, 2], method=method, restarts=2,
+                               folds=2, holdout=0.2, progress=False, **options)
+    assert list(sel.table["method"]) == [method, method]
+    assert sel.fits[2].method == method
+    if method == "cavi":  # it has a bound
+        assert np.isfinite(sel.table["elbo"]).all()
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_stepz'\]"):
+        bnmf.select_rank(X_SMALL, ranks=[1], method=method, max_stepz=1, progress=False)
