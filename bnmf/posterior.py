@@ -28,6 +28,7 @@ from .data import Data, prepare
 from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
+from .models.base import site_dims
 
 __all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "align_permutation", "compare",
            "convergence_diagnostics", "dispersion_statistic", "load", "normalize", "read_anndata",
@@ -234,7 +235,17 @@ def _component_coords(rank: int) -> np.ndarray:
     return np.arange(rank)
 
 
-def _posterior_dataset(draws: dict, data: Data, rank: int, attrs: dict) -> xr.Dataset:
+def _site_dims(meta: dict) -> dict:
+    """Dims of every site of the fitted model: :data:`SITE_DIMS` and those of the model's own
+    ``sites()`` where it declares them (the negative binomial's φ: dims follow an option)."""
+    model_class = MODELS.get(meta["model"])
+    if model_class is None or not hasattr(model_class, "sites"):
+        return SITE_DIMS
+    return {**SITE_DIMS, **site_dims(model_class(**meta["model_params"]))}
+
+
+def _posterior_dataset(draws: dict, data: Data, rank: int, attrs: dict,
+                       dims: dict = SITE_DIMS) -> xr.Dataset:
     coords = {
         "chain": np.arange(draws["W"].shape[0]),
         "draw": np.arange(draws["W"].shape[1]),
@@ -242,7 +253,7 @@ def _posterior_dataset(draws: dict, data: Data, rank: int, attrs: dict) -> xr.Da
         "component": _component_coords(rank),
         "observation": data.observation_names.to_numpy(),
     }
-    variables = {name: (DRAW_DIMS + SITE_DIMS[name], value) for name, value in draws.items()}
+    variables = {name: (DRAW_DIMS + dims[name], value) for name, value in draws.items()}
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 
 
@@ -265,7 +276,7 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
         "bnmf_version": _bnmf_version(),
         "inference_library": "numpyro",
     }
-    posterior = _posterior_dataset(draws, data, rank, attrs)
+    posterior = _posterior_dataset(draws, data, rank, attrs, _site_dims(meta))
     dims = ("feature", "observation")
     coords = {"feature": posterior["feature"].values,
               "observation": posterior["observation"].values}

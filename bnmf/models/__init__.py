@@ -11,13 +11,15 @@ from .ard import ARDPoisson
 from .gaussian import GaussianHalfNormal
 from .hierarchical import HierarchicalPoissonGamma
 from .horseshoe import Horseshoe
+from .negbin import NegativeBinomial
 from .poisson import PoissonGamma
 
 __all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe",
-           "ARDPoisson", "MODELS", "get_model"]
+           "ARDPoisson", "NegativeBinomial", "MODELS", "get_model"]
 
 MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe,
-          "poisson-hierarchical": HierarchicalPoissonGamma, "ard": ARDPoisson}
+          "poisson-hierarchical": HierarchicalPoissonGamma, "ard": ARDPoisson,
+          "negbin": NegativeBinomial}
 
 
 def get_model(model, **options):
