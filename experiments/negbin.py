@@ -167,8 +167,8 @@ def report(held: pd.DataFrame, ranks: pd.DataFrame | None, command: str, total: 
         lines += ["", "Reasons given:", ""]
         lines += [f"- seed {r.seed}, {r.model}: {r.reason}" for r in ranks.itertuples()]
         overshoot = ranks.groupby("model")["best_rank"].apply(lambda b: int((b > RANK).sum()))
-        lines += ["", f"Rank above the truth: poisson {overshoot.get('poisson', 0)}, negbin "
-                  f"{overshoot.get('negbin', 0)} of {ranks.seed.nunique()} data sets."]
+        lines += ["", (f"Rank above the truth: poisson {overshoot.get('poisson', 0)}, negbin "
+                       f"{overshoot.get('negbin', 0)} of {ranks.seed.nunique()} data sets.")]
     return "\n".join(lines) + "\n"
 
 
