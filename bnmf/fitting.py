@@ -6,7 +6,6 @@ import dataclasses
 import inspect
 
 import jax.numpy as jnp
-import numpy as np
 
 from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
@@ -15,6 +14,7 @@ from .inference.common import numerics, to_device
 from .models import MODELS, HierarchicalPoissonGamma, get_model
 from .models.base import capability, check_method, has_capability, supported_methods
 from .models.counts import SparseCounts, sparse_counts
+from .options import check_options, check_seed
 from .posterior import Fit, build_idata
 
 __all__ = ["fit", "fit_data", "default_method"]
@@ -135,8 +135,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    seed = check_seed(seed)
     check_method(model, method)
     _check_inference_options(method, options, model)
     if method == "map" and isinstance(model, HierarchicalPoissonGamma):
@@ -144,6 +143,7 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raise ValueError("method='map' has no mode for model='poisson-hierarchical' (learned "
                          "gamma shapes make the density unbounded); use method='gibbs', "
                          "'nuts' or 'svi', or model='poisson' for a MAP fit.")
+    options = check_options(options)
     resolved = model.resolve(data, rank)
     with numerics(dtype):
         values = _problem_values(data, resolved, method, dtype)

@@ -37,8 +37,21 @@ __all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "align_permutation", "compare",
 ARVIZ_MAJOR = int(az.__version__.split(".")[0])
 DRAW_DIMS = ("chain", "draw")
 
-# Dims of each site after the (chain, draw) dims. Sites sampled in NumPyro's layout keep it.
-SITE_DIMS = {
+# Dims of W and H after the (chain, draw) dims; every other site's dims come from its model's
+# ``sites()`` (:class:`bnmf.models.base.Site`), so a new model's sites need no entry here.
+SITE_DIMS = {"W": ("feature", "component"), "H": ("component", "observation")}
+
+
+def model_site_dims(model_name: str, model_params: dict) -> dict:
+    """{site: dims} of the fitted model (its class from :data:`bnmf.models.MODELS`)."""
+    model = MODELS[model_name](**model_params)
+    if not hasattr(model, "sites"):
+        return dict(_UNDECLARED_SITE_DIMS)
+    return {**SITE_DIMS, **site_dims(model)}
+
+
+# Dims of the sites of models that do not declare sites() yet (after the chain, draw dims).
+_UNDECLARED_SITE_DIMS = {
     "W": ("feature", "component"),
     "H": ("component", "observation"),
     "sigma": (),
@@ -141,12 +154,14 @@ def align_permutation(W, W_ref) -> np.ndarray:
     return cols[np.argsort(rows)]
 
 
-def align_draws(draws: dict) -> dict:
+def align_draws(draws: dict, dims: dict | None = None) -> dict:
     """Align the components of every chain and draw to the mean of the first chain.
 
     Each chain's mean is matched first (chains may have settled on different labellings), then
-    each draw to the aligned reference. Sites with a component axis are permuted together.
+    each draw to the aligned reference. Sites with a component axis (``dims``: site → dims
+    after chain, draw; default W and H) are permuted together.
     """
+    dims_of = SITE_DIMS if dims is None else dims
     W = draws["W"]
     n_chains, n_draws = W.shape[:2]
     reference = W[0].mean(axis=0)
@@ -161,7 +176,7 @@ def align_draws(draws: dict) -> dict:
         return dict(draws)
     aligned = {}
     for name, value in draws.items():
-        dims = SITE_DIMS.get(name, ())
+        dims = dims_of.get(name, ())
         if "component" not in dims:
             aligned[name] = value
             continue
@@ -235,17 +250,8 @@ def _component_coords(rank: int) -> np.ndarray:
     return np.arange(rank)
 
 
-def _site_dims(meta: dict) -> dict:
-    """Dims of every site of the fitted model: :data:`SITE_DIMS` and those of the model's own
-    ``sites()`` where it declares them (the negative binomial's φ: dims follow an option)."""
-    model_class = MODELS.get(meta["model"])
-    if model_class is None or not hasattr(model_class, "sites"):
-        return SITE_DIMS
-    return {**SITE_DIMS, **site_dims(model_class(**meta["model_params"]))}
-
-
 def _posterior_dataset(draws: dict, data: Data, rank: int, attrs: dict,
-                       dims: dict = SITE_DIMS) -> xr.Dataset:
+                       dims: dict) -> xr.Dataset:
     coords = {
         "chain": np.arange(draws["W"].shape[0]),
         "draw": np.arange(draws["W"].shape[1]),
@@ -261,8 +267,9 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
     """ArviZ container of a fit: normalized, aligned posterior draws plus data and traces."""
     draws = dict(raw.draws)
     draws["W"], draws["H"] = normalize(np.asarray(draws["W"]), np.asarray(draws["H"]))
+    dims = model_site_dims(meta["model"], meta["model_params"])
     if meta["method"] != "map":
-        draws = align_draws(draws)
+        draws = align_draws(draws, dims)
     attrs = {
         "model": meta["model"],
         "model_params": json.dumps(meta["model_params"]),
@@ -276,7 +283,7 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
         "bnmf_version": _bnmf_version(),
         "inference_library": "numpyro",
     }
-    posterior = _posterior_dataset(draws, data, rank, attrs, _site_dims(meta))
+    posterior = _posterior_dataset(draws, data, rank, attrs, dims)
     dims = ("feature", "observation")
     coords = {"feature": posterior["feature"].values,
               "observation": posterior["observation"].values}

@@ -60,6 +60,7 @@ from .inference.batch import (
 )
 from .inference.common import _stderr_is_terminal, numerics
 from .models import get_model
+from .options import check_integer, check_options, check_seed
 from .posterior import Fit, align_permutation, build_idata, cosine_matrix, load, normalize
 
 __all__ = [
@@ -130,10 +131,10 @@ def _keep_rows_and_columns(mask: np.ndarray, held: np.ndarray, rng) -> None:
 
 
 def _check_holdout(holdout, folds) -> None:
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 1:
-        raise ValueError(f"folds must be a positive integer, got {folds!r}.")
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.floating)) \
-            or not 0 < holdout < 1:
+    check_integer("folds", folds, 1)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.floating)):
+        raise TypeError(f"holdout must be a fraction in (0, 1), got {holdout!r}.")
+    if not 0 < holdout < 1:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}.")
     if folds * holdout > 1 + 1e-12:
         raise ValueError(
@@ -530,9 +531,7 @@ def _check_ranks(ranks, shape) -> list[int]:
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
-    return int(value)
+    return check_integer(name, value, minimum)
 
 
 def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = None,
@@ -610,9 +609,9 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = Non
         raise ValueError(f"method must be one of {sorted(METHODS)} or None, got {method!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}.")
+    check_seed(seed)
     model_options, inference_options = _split_options(model, options)
+    inference_options = check_options(inference_options)
     model_obj = get_model(model, **model_options)
     data = prepare(X, mask=mask, missing=missing, counts=model_obj.needs_counts)
     ranks = _check_ranks(ranks, data.shape)

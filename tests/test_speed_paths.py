@@ -799,8 +799,10 @@ def test_warmup_runs_only_where_it_applies_and_is_checked():
     assert bnmf.fit(sp.csr_matrix(X), 3, mask=mask, **options).info[
         "least_squares_warmup"] == 0
     assert bnmf.fit(X, 3, warmup=5, **options).info["least_squares_warmup"] == 5
-    for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="warmup must be a non-negative integer"):
+    with pytest.raises(ValueError, match="warmup must be a non-negative integer"):
+        bnmf.fit(X, 3, warmup=-1, **options)
+    for bad in (2.5, True):
+        with pytest.raises(TypeError, match="warmup must be an integer"):
             bnmf.fit(X, 3, warmup=bad, **options)
 
 

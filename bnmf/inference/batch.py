@@ -32,7 +32,14 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..models.base import capability, has_capability, model_name, supported_methods
+from ..models.base import (
+    capability,
+    has_capability,
+    model_name,
+    supported_methods,
+    to_constrained,
+    to_unconstrained,
+)
 from .common import (
     Problem,
     RawPosterior,
@@ -71,7 +78,7 @@ class BatchFit(NamedTuple):
     unravel : callable or None
         Maps a flat ``u`` (one member's) to the dict of log-site values (NumPyro layout).
     sampler : callable or None
-        ``sampler(guide_of_one_member, keys)``: one draw of every site per key (NumPyro
+        ``sampler(guide_of_one_member, keys, model)``: one draw of every site per key (NumPyro
         layout), compiled once for the batch.
     """
 
@@ -190,7 +197,7 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
     optimizer, unravel, batched_chunk, elbo_estimate, sampler = _svi_batch_programs(
         jax.tree.structure(model), rank, site_layout(jax.tree.map(lambda v: v[0], init_values)),
         num_particles, float(learning_rate), max_steps, elbo_particles, chunk)
-    locs = jax.vmap(lambda v: ravel_pytree(jax.tree.map(jnp.log, v))[0])(init_values)
+    locs = jax.vmap(lambda v: ravel_pytree(to_unconstrained(model, v))[0])(init_values)
     key_guide, key_steps, key_elbo = (jnp.stack(k) for k in zip(*(
         jax.random.split(k, 3) for k in keys)))
     params = jax.vmap(lambda loc, k: _guide_init(guide, loc, init_scale, guide_rank, k))(
@@ -202,7 +209,7 @@ def fit_svi_batch(X, masks, rank: int, model, W0, H0, keys, *, guide: str = "nor
         "SVI batch", noisy=True, min_iter=min(min_steps, max_steps))
 
     elbo = np.asarray(elbo_estimate(params, key_elbo, masks, X, model), dtype=np.float64)
-    medians = jax.vmap(lambda loc: jax.tree.map(jnp.exp, unravel(loc)))(params["loc"])
+    medians = jax.vmap(lambda loc: to_constrained(model, unravel(loc)))(params["loc"])
     values = {name: np.asarray(v) for name, v in medians.items()}
     values["H"] = np.swapaxes(values["H"], -1, -2)
     return BatchFit(values=values, losses=losses, elbo=elbo, converged=converged,
@@ -216,7 +223,7 @@ def _svi_batch_programs(model_structure, rank: int, layout: tuple, num_particles
     """The optimizer, ``unravel`` and compiled programs of :func:`fit_svi_batch` for one kind
     of model (``jax.tree.structure`` of the resolved model), member site layout and set of
     options: ``batched_chunk(state, masks, X, model)``, ``elbo_estimate(params, keys, masks,
-    X, model)`` and ``sampler(member_params, keys)``. The data and hyperparameters are
+    X, model)`` and ``sampler(member_params, keys, model)``. The data and hyperparameters are
     arguments, so another batch of the same shapes (other data, other masks) reuses them."""
     del model_structure  # the cache key: the programs are traced for one model structure
     unravel = layout_unravel(layout)
@@ -235,9 +242,9 @@ def _svi_batch_programs(model_structure, rank: int, layout: tuple, num_particles
         return -lax.map(lambda k: loss(params, k, mask, X, model), keys).mean()
 
     @jax.jit
-    def sampler(member_params, keys):
-        return jax.vmap(lambda k: jax.tree.map(
-            jnp.exp, unravel(_guide_sample(member_params, k))))(keys)
+    def sampler(member_params, keys, model):
+        return jax.vmap(lambda k: to_constrained(
+            model, unravel(_guide_sample(member_params, k))))(keys)
 
     return optimizer, unravel, batched_chunk, elbo_estimate, sampler
 
@@ -248,7 +255,8 @@ def member_raw(batch: BatchFit, index: int, problem: Problem, *, seed: int = 0,
     takes): ``num_draws`` guide draws for SVI, the point estimate for MAP."""
     if batch.guide is not None:
         guide = jax.tree.map(lambda v: jnp.asarray(v[index]), batch.guide)
-        samples = batch.sampler(guide, jax.random.split(key_from_seed(seed), num_draws))
+        samples = batch.sampler(guide, jax.random.split(key_from_seed(seed), num_draws),
+                                problem.model)
         draws = to_bnmf_layout({k: v[None] for k, v in samples.items()}, problem)
         elbo = float(batch.elbo[index])
     else:

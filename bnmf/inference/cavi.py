@@ -43,6 +43,7 @@ import numpy as np
 
 from ..models.base import capability, model_name
 from ..models.poisson import GammaFactors, cavi_elbo, draw_factors, gamma_kl  # noqa: F401
+from ..options import check_integer
 from .common import Problem, RawPosterior, shard_problem
 from .driver import compiled_step, drive
 from .map import CHUNK, map_start
@@ -140,8 +141,7 @@ def fit_cavi(
         If the model has no ``"cavi"`` capability (the message names the methods it
         supports), or an option is out of range.
     """
-    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
-        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}.")
+    check_integer("num_draws", num_draws, 1)
     family = capability(problem.model, "cavi")
     if batch_size is None:
         factors, losses, iterations, converged = cavi_factors(
@@ -162,8 +162,7 @@ def fit_cavi(
 
 
 def _positive_int(name: str, value, upper: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    value = check_integer(name, value, 1)
     if upper is not None and value > upper:
         raise ValueError(f"{name}={value} exceeds the number of samples ({upper}); use at most "
                          f"{upper}.")

@@ -21,13 +21,15 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.util import log_density
 
 from ..data import floor_positive, to_device, transposed  # noqa: F401 (re-exported)
+from ..models.base import declared_sites, log_jacobian, to_constrained
 from ..models.counts import SparseCounts
+from ..options import check_integer
 from .driver import _stderr_is_terminal, progress_bar  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
 class Problem:
-    """What to fit: data arrays, rank, a resolved model and an optional fixed W.
+    """What to fit: data arrays, rank, a resolved model and an optional fixed W (a pytree).
 
     Attributes
     ----------
@@ -64,6 +66,22 @@ class Problem:
 
     def model_kwargs(self):
         return {"W": self.W_fixed}
+
+
+def n_observed(problem: "Problem") -> int:
+    """Number of observed entries of the problem's X (dense mask or sparse counts)."""
+    if problem.sparse:
+        n_features, n_samples = problem.X.shape
+        return n_features * n_samples - int(np.asarray(problem.X.hidden_rows).size)
+    if problem.fully_observed:
+        return int(np.prod(problem.mask.shape))
+    return int(np.asarray(problem.mask).sum())
+
+
+# A pytree (rank static): compiled programs take the problem as one argument, and
+# ``jax.tree.structure(problem)`` (rank, model structure, whether W is fixed) keys their cache.
+jax.tree_util.register_dataclass(Problem, data_fields=["X", "mask", "model", "W_fixed"],
+                                 meta_fields=["rank"])
 
 
 class RawPosterior(NamedTuple):
@@ -241,8 +259,7 @@ def check_devices(devices, n_samples: int) -> int | None:
     """Validate ``devices`` (how many of ``jax.devices()`` to shard the sample axis over)."""
     if devices is None:
         return None
-    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
-        raise ValueError(f"devices must be a positive integer or None, got {devices!r}.")
+    devices = check_integer("devices", devices, 1)
     available = len(jax.devices())
     if devices > available:
         raise ValueError(
@@ -326,24 +343,27 @@ def layout_unravel(layout: tuple):
 
 
 def log_joint_unconstrained(problem: Problem, unravel, u_flat, constrained_sites=()):
-    """log p(X, exp(u)) + Σu for flat log-space parameters ``u_flat``.
+    """log p(X, sites(u)) + log-Jacobian for flat unconstrained parameters ``u_flat``: the log
+    of each positive site, a real site itself (the model's :class:`~bnmf.models.base.Site`
+    supports say which).
 
-    The Jacobian term Σu is left out for the sites named in ``constrained_sites``: their
+    The Jacobian term is left out for the sites named in ``constrained_sites``: their
     density is then the one of the constrained space, reached through a log parameterisation.
     """
-    logs = unravel(u_flat)
-    values = jax.tree.map(jnp.exp, logs)
+    u = unravel(u_flat)
+    values = to_constrained(problem.model, u)
     log_joint, _ = log_density(problem.model.numpyro_model, problem.model_args(),
                                problem.model_kwargs(), values)
-    jacobian = sum(jnp.sum(u) for name, u in logs.items() if name not in constrained_sites)
-    return log_joint + jacobian
+    return log_joint + log_jacobian(problem.model, u, constrained_sites)
 
 
 def to_bnmf_layout(draws: dict, problem: Problem) -> dict:
-    """NumPyro-layout draws (chain, draw, ...) to bnmf's: H as (rank, n_samples), and a fixed W
-    repeated for every draw so that every result has W and H draws."""
-    draws = {name: np.asarray(value) for name, value in draws.items()}
-    draws["H"] = np.swapaxes(draws["H"], -1, -2)
+    """NumPyro-layout draws (chain, draw, ...) to bnmf's (the model's sites say which are
+    sampled transposed, e.g. H as (n_samples, rank)), and a fixed W repeated for every draw so
+    that every result has W and H draws."""
+    swapped = {s.name for s in declared_sites(problem.model) if s.numpyro_transposed}
+    draws = {name: (np.swapaxes(np.asarray(value), -1, -2) if name in swapped
+                    else np.asarray(value)) for name, value in draws.items()}
     if problem.W_fixed is not None:
         W = np.asarray(problem.W_fixed)
         draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()

@@ -109,6 +109,7 @@ def drive(
     noisy: bool = False,
     min_iter: int = 0,
     exact_steps: bool = False,
+    scale: float | None = None,
 ):
     """Run ``step_chunk(state[, steps]) -> (state, losses)`` until convergence or ``max_iter``.
 
@@ -116,7 +117,12 @@ def drive(
     once its chunk-mean loss changed by less than ``tol`` × |loss| from the previous chunk's
     (for noisy losses, also by less than two standard errors of the chunk mean); the run stops
     when every member has, but not before ``min_iter`` steps, and at the first loss that is not
-    finite. (One fit counts as converged only where it stops, at ``min_iter`` steps or later;
+    finite. With a ``scale`` (the closed-form MAP passes the number of observed entries), the
+    threshold is ``tol`` × ``scale`` instead of ``tol`` × |loss|: a change of the log density
+    of less than ``tol`` nats per observed entry over a chunk, where further updates no
+    longer change the fit meaningfully. (Unlike a relative change of the loss, this does not
+    depend on the loss's additive constants, e.g. the data's units under a Gaussian.) (One fit
+    counts as converged only where it stops, at ``min_iter`` steps or later;
     a member of a batch stays converged once it was, while the others step on.) With
     ``exact_steps``, ``step_chunk(state, steps)`` takes the number of steps
     (``chunk``, fewer in the last chunk; traced, so the same program) and exactly ``max_iter``
@@ -142,7 +148,10 @@ def drive(
             break
         current = losses.mean(axis=-1)
         if previous is not None:
-            threshold = tol * np.maximum(np.abs(current), 1e-300)
+            if scale is not None:
+                threshold = tol * np.asarray(scale, np.float64)
+            else:
+                threshold = tol * np.maximum(np.abs(current), 1e-300)
             if noisy and losses.shape[-1] > 1:
                 spread = 2.0 * losses.std(axis=-1) / np.sqrt(losses.shape[-1])
                 threshold = np.maximum(threshold, spread)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.hmc import hmc
 
+from ..models.base import to_constrained, to_unconstrained
 from .common import (
     Problem,
     RawPosterior,
@@ -34,24 +34,23 @@ __all__ = ["fit_nuts"]
 
 
 @cached_program
-def _nuts_chain_program(model_structure, rank: int, layout: tuple, num_warmup: int,
+def _nuts_chain_program(problem_structure, layout: tuple, num_warmup: int,
                         num_samples: int, target_accept: float, max_tree_depth: int):
-    """Compiled ``chain(u0, key, X, mask, W_fixed, model) -> (u draws (num_samples, dim),
+    """Compiled ``chain(u0, key, problem) -> (u draws (num_samples, dim),
     potential energies, divergences)``: NumPyro's NUTS with its default adaptation (step size
     and diagonal mass matrix over ``num_warmup`` steps), on the log-space parameters
     ``u`` (flat), from ``u0``."""
-    del model_structure  # the cache key: the program is traced for one model structure
+    del problem_structure  # the cache key: the program is traced for one problem structure
     unravel = layout_unravel(layout)
 
-    def potential_given(X, mask, W_fixed, model):
-        problem = Problem(X, mask, rank, model, W_fixed)
+    def potential_given(problem):
         return lambda u: -log_joint_unconstrained(problem, unravel, u)
 
     @jax.jit
-    def chain(u0, key, X, mask, W_fixed, model):
+    def chain(u0, key, problem):
         # hmc's init and sample kernels share state set by init: one pair per trace
         init_kernel, sample_kernel = hmc(potential_fn_gen=potential_given, algo="NUTS")
-        args = (X, mask, W_fixed, model)
+        args = (problem,)
         state = init_kernel(u0, num_warmup, target_accept_prob=target_accept,
                             trajectory_length=None, max_tree_depth=max_tree_depth,
                             model_args=args, rng_key=key)
@@ -87,20 +86,19 @@ def fit_nuts(
     shows finished chains (None: when stderr is a terminal).
     """
     init_values = posterior_start(problem, init, seed)
-    u0 = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
+    u0 = ravel_pytree(to_unconstrained(problem.model, init_values))[0]
     unravel, chain = _nuts_chain_program(
-        jax.tree.structure(problem.model), problem.rank, site_layout(init_values), num_warmup,
-        num_samples, float(target_accept), max_tree_depth)
-    data = (problem.X, problem.mask, problem.W_fixed, problem.model)
+        jax.tree.structure(problem), site_layout(init_values), num_warmup, num_samples,
+        float(target_accept), max_tree_depth)
     keys = jax.random.split(key_from_seed(seed), num_chains)
     bar = progress_bar(num_chains, "NUTS chains", progress)
     runs = []
     for key in keys:
-        runs.append(chain(u0, key, *data))
+        runs.append(chain(u0, key, problem))
         bar.update(1)
     bar.close()
     u, energy, diverging = (np.stack([np.asarray(run[i]) for run in runs]) for i in range(3))
-    constrained = jax.vmap(jax.vmap(lambda v: jax.tree.map(jnp.exp, unravel(v))))(u)
+    constrained = jax.vmap(jax.vmap(lambda v: to_constrained(problem.model, unravel(v))))(u)
     draws = to_bnmf_layout({name: np.asarray(v) for name, v in constrained.items()}, problem)
     info = {"algorithm": "nuts", "num_chains": num_chains,
             "divergences": int(diverging.sum())}

@@ -1,6 +1,7 @@
 """Stochastic variational inference (SVI) in log space, compiled end to end.
 
-Every latent site of a bnmf model is positive, so the guide lives on ``u = log(site)``:
+The guide lives on the unconstrained ``u`` of every site (``log`` of a positive site, a real
+site as it is; the model's :class:`~bnmf.models.base.Site` supports say which):
 
 * ``guide="normal"`` (default): mean-field normal in u, i.e. independent log-normal factors;
 * ``guide="lowrank"``: a normal in u with covariance ``diag(d²) + L Lᵀ`` (``L`` of rank
@@ -23,6 +24,7 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from ..models.base import to_constrained, to_unconstrained
 from .common import (
     Problem,
     RawPosterior,
@@ -108,32 +110,31 @@ def neg_elbo(params, key, problem: Problem, unravel, num_particles: int):
 
 
 @cached_program
-def _svi_programs(model_structure, rank: int, layout: tuple, num_particles: int,
+def _svi_programs(problem_structure, layout: tuple, num_particles: int,
                   learning_rate: float, max_steps: int, elbo_particles: int, chunk: int):
-    """The optimizer and compiled programs of :func:`fit_svi` for one kind of model
-    (``jax.tree.structure`` of the resolved model), site layout and set of options:
-    ``step_chunk(carry, X, mask, W_fixed, model)``, ``elbo_estimate(params, key, X, mask,
-    W_fixed, model)`` and ``draw(params, keys)``. The data and the model's hyperparameters
+    """The optimizer and compiled programs of :func:`fit_svi` for one kind of problem
+    (``jax.tree.structure`` of the :class:`Problem`: rank, model structure, W fixed or not),
+    site layout and set of options: ``step_chunk(carry, problem)``, ``elbo_estimate(params,
+    key, problem)`` and ``draw(params, keys)``. The data and the model's hyperparameters
     are arguments, not constants of a closure, so a later fit with the same kind of model and
     shapes (other data, whose empirical-Bayes scales differ; the same data with another seed)
     reuses the compiled programs instead of compiling them again (≈3 s at 50 × 200 on 2 CPU
     cores)."""
-    del model_structure  # the cache key: the programs are traced for one model structure
+    del problem_structure  # the cache key: the programs are traced for one problem structure
     unravel = layout_unravel(layout)
     optimizer = optax.adam(optax.exponential_decay(learning_rate, max(max_steps, 1), 0.1))
 
-    def loss(params, key, X, mask, W_fixed, model):
-        return neg_elbo(params, key, Problem(X, mask, rank, model, W_fixed), unravel,
-                        num_particles)
+    def loss(params, key, problem):
+        return neg_elbo(params, key, problem, unravel, num_particles)
 
     @jax.jit
-    def elbo_estimate(params, key, X, mask, W_fixed, model):
-        return -lax.map(lambda k: loss(params, k, X, mask, W_fixed, model),
+    def elbo_estimate(params, key, problem):
+        return -lax.map(lambda k: loss(params, k, problem),
                         jax.random.split(key, elbo_particles)).mean()
 
     @jax.jit
-    def draw(params, keys):
-        return jax.vmap(lambda k: jax.tree.map(jnp.exp, unravel(_guide_sample(params, k))))(keys)
+    def draw(params, keys, model):
+        return jax.vmap(lambda k: to_constrained(model, unravel(_guide_sample(params, k))))(keys)
 
     return optimizer, jax.jit(averaged_chunk(loss, optimizer, chunk)), elbo_estimate, draw
 
@@ -189,24 +190,23 @@ def fit_svi(
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
     key_guide, key_steps, key_elbo, key_draws = jax.random.split(key_from_seed(seed), 4)
     init_values = posterior_start(problem, init, seed)
-    loc = ravel_pytree(jax.tree.map(jnp.log, init_values))[0]
+    loc = ravel_pytree(to_unconstrained(problem.model, init_values))[0]
     params = _guide_init(guide, loc, init_scale, guide_rank, key_guide)
     chunk = 100
     optimizer, step_chunk, elbo_estimate, draw = _svi_programs(
-        jax.tree.structure(problem.model), problem.rank, site_layout(init_values),
-        num_particles, float(learning_rate), max_steps, elbo_particles, chunk)
-    data = (problem.X, problem.mask, problem.W_fixed, problem.model)
+        jax.tree.structure(problem), site_layout(init_values), num_particles,
+        float(learning_rate), max_steps, elbo_particles, chunk)
 
     # The chunk's average iterate (Polyak averaging) removes most of the stochastic jitter
     # that the last iterate carries, so posterior means are not off by optimisation noise.
     (_, _, _, params), losses, iterations, converged = drive(
-        lambda carry: step_chunk(carry, *data), (params, optimizer.init(params), key_steps,
+        lambda carry: step_chunk(carry, problem), (params, optimizer.init(params), key_steps,
                                                  params),
         max_steps, chunk, tol, progress, "SVI", noisy=True, min_iter=min(min_steps, max_steps),
     )
 
-    elbo = float(elbo_estimate(params, key_elbo, *data))
-    samples = draw(params, jax.random.split(key_draws, num_draws))
+    elbo = float(elbo_estimate(params, key_elbo, problem))
+    samples = draw(params, jax.random.split(key_draws, num_draws), problem.model)
     draws = to_bnmf_layout({name: value[None] for name, value in samples.items()}, problem)
     info = {"algorithm": f"svi-{guide}", "iterations": iterations, "converged": converged,
             "learning_rate": learning_rate, "num_particles": num_particles}

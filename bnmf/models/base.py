@@ -107,7 +107,7 @@ def site_dims(model, rank: int | None = None) -> dict:
 def to_numpyro_layout(model, values: dict) -> dict:
     """Site values in bnmf's layout to the layout of the NumPyro program (swap the two
     trailing axes of the sites sampled transposed); ``values`` may hold a subset of sites."""
-    transposed = {site.name for site in model.sites(None) if site.numpyro_transposed}
+    transposed = {site.name for site in declared_sites(model) if site.numpyro_transposed}
     return {name: (jnp.swapaxes(v, -1, -2) if name in transposed else v)
             for name, v in values.items()}
 
@@ -115,6 +115,40 @@ def to_numpyro_layout(model, values: dict) -> dict:
 def from_numpyro_layout(model, values: dict) -> dict:
     """Inverse of :func:`to_numpyro_layout` (the swap is its own inverse)."""
     return to_numpyro_layout(model, values)
+
+
+def declared_sites(model) -> tuple:
+    """``model.sites(None)``, or W and H for a model that does not declare its sites (its
+    other sites are then taken as positive and in the NumPyro layout)."""
+    return model.sites(None) if hasattr(model, "sites") else (W_SITE, H_SITE)
+
+
+def _supports(model) -> dict:
+    return {site.name: site.support for site in declared_sites(model)}
+
+
+def to_unconstrained(model, values: dict) -> dict:
+    """Site values (NumPyro layout) to the space the generic methods work in: the log of a
+    positive site, a real site as it is."""
+    support = _supports(model)
+    return {name: (v if support.get(name, "positive") == "real" else jnp.log(v))
+            for name, v in values.items()}
+
+
+def to_constrained(model, u: dict) -> dict:
+    """Inverse of :func:`to_unconstrained`: exp of positive sites, real sites as they are."""
+    support = _supports(model)
+    return {name: (v if support.get(name, "positive") == "real" else jnp.exp(v))
+            for name, v in u.items()}
+
+
+def log_jacobian(model, u: dict, exclude=()) -> jax.Array:
+    """log |d constrained / d u| of :func:`to_constrained`: Σ u over the positive sites (not
+    those named in ``exclude``), 0 for real ones."""
+    support = _supports(model)
+    return sum((jnp.sum(v) for name, v in u.items()
+                if name not in exclude and support.get(name, "positive") != "real"),
+               jnp.zeros((), next(iter(u.values())).dtype) if u else 0.0)
 
 
 # --------------------------------------------------------------------------- capabilities

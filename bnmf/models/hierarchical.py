@@ -26,7 +26,16 @@ import numpyro
 import numpyro.distributions as dist
 
 from ..data import Data
-from .base import balanced_mean, hyperparameter_pytree, observe, sample_H, sample_W
+from .base import (
+    H_SITE,
+    W_SITE,
+    Site,
+    balanced_mean,
+    hyperparameter_pytree,
+    observe,
+    sample_H,
+    sample_W,
+)
 from .poisson import poisson_log_likelihood, poisson_rate
 
 # Sites of the hyperparameters, each of shape (rank,).
@@ -68,6 +77,10 @@ class HierarchicalPoissonGamma:
 
     name = "poisson-hierarchical"
     nuts_calibrated = True
+
+    def sites(self, rank=None) -> tuple:
+        """W, H and the learned per-component gamma shapes and rates of each factor."""
+        return (W_SITE, H_SITE, *(Site(name, ("component",)) for name in HYPER_SITES))
     likelihood = "poisson"
     needs_counts = True
     extra_sites = HYPER_SITES
