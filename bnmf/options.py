@@ -54,7 +54,7 @@ def check_seed(seed) -> int:
 
 
 # Every numeric option of the inference methods and how it is checked: ("int", minimum) or
-# ("number", low, high, low_open, high_open); ("int?", minimum) may also be None.
+# ("number", low, high, low_open, high_open); a "?" (e.g. "int?") allows None (the default).
 INFERENCE_OPTIONS = {
     "max_iter": ("int", 1), "max_steps": ("int", 1), "min_steps": ("int", 0),
     "num_samples": ("int", 1), "num_warmup": ("int", 1), "num_chains": ("int", 1),
@@ -62,7 +62,7 @@ INFERENCE_OPTIONS = {
     "guide_rank": ("int", 1), "max_tree_depth": ("int", 1), "warmup": ("int", 0),
     "batch_size": ("int?", 1), "epochs": ("int", 1), "local_sweeps": ("int", 1),
     "devices": ("int?", 1), "map_iter": ("int", 1),
-    "tol": ("number", 0.0, None, False, False),
+    "tol": ("number?", 0.0, None, False, False),
     "learning_rate": ("number", 0.0, None, True, False),
     "init_scale": ("number", 0.0, None, True, False),
     "target_accept": ("number", 0.0, 1.0, True, True),
@@ -79,6 +79,8 @@ def check_options(options: dict) -> dict:
             continue
         if spec[0] in ("int", "int?"):
             checked[name] = check_integer(name, value, spec[1], allow_none=spec[0] == "int?")
+        elif value is None and spec[0] == "number?":
+            continue
         else:
             low, high, low_open, high_open = spec[1:]
             checked[name] = check_number(name, value, low, high, low_open=low_open,
