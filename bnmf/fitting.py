@@ -11,7 +11,7 @@ from .data import Data, check_rank, prepare
 from .inference import METHODS, Problem
 from .inference import ard as _ard  # noqa: F401  (registers the ARD Gibbs sampler)
 from .inference.common import numerics, to_device
-from .models import MODELS, HierarchicalPoissonGamma, get_model
+from .models import MODELS, get_model
 from .models.base import capability, check_method, has_capability, supported_methods
 from .models.counts import SparseCounts, sparse_counts
 from .options import check_options, check_seed
@@ -126,9 +126,8 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
     ``method=None`` runs :func:`default_method`'s choice.
     """
     choice = None
-    if getattr(model, "name", None) == "ard" and method is None:
-        method, choice = "gibbs", ("gibbs: the ARD model's exact conjugate sampler; "
-                                   "fit.rank_posterior() is the share of its draws")
+    if method is None and getattr(model, "preferred_method", None):
+        method, choice = model.preferred_method       # the model's own calibrated choice
     if method is None:
         method, choice = default_method(model, data.shape, rank, options, W_fixed is not None)
     if dtype not in DTYPES:
@@ -138,11 +137,6 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
     seed = check_seed(seed)
     check_method(model, method)
     _check_inference_options(method, options, model)
-    if method == "map" and isinstance(model, HierarchicalPoissonGamma):
-        # learned shapes can go to 0 with the factor entries: the joint density has no mode
-        raise ValueError("method='map' has no mode for model='poisson-hierarchical' (learned "
-                         "gamma shapes make the density unbounded); use method='gibbs', "
-                         "'nuts' or 'svi', or model='poisson' for a MAP fit.")
     options = check_options(options)
     resolved = model.resolve(data, rank)
     with numerics(dtype):

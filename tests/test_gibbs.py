@@ -234,7 +234,7 @@ def test_gibbs_refuses_other_models_and_bad_options():
     X = np.random.default_rng(0).poisson(3.0, (10, 8))
     with pytest.raises(ValueError, match="has no method='gibbs'.*supports method="):
         bnmf.fit(X, 2, model="gaussian", method="gibbs")
-    with pytest.raises(ValueError, match="num_chains must be an integer"):
+    with pytest.raises(ValueError, match="num_chains must be a positive integer"):
         bnmf.fit(X, 2, method="gibbs", num_chains=0)
     with pytest.raises(ValueError, match="non-negative integers"):
         gp.allocation(np.zeros(1, int), np.zeros(1, int), np.array([1.5]), jnp.float32)

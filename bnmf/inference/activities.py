@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..models.base import capability
+
 __all__ = ["gaussian_activities", "map_scales", "poisson_activities"]
 
 
@@ -111,19 +113,6 @@ def map_scales(model, W, H, log_space: bool = False) -> np.ndarray:
     c⁴ = s_W² Σ_j H_kj² / (s_H² Σ_i W_ik²).
     """
     W, H = np.asarray(W, np.float64), np.asarray(H, np.float64)
-    n_features, n_samples = W.shape[0], H.shape[1]
-    if model.name == "poisson":
-        p = model.a if log_space else model.a - 1.0
-        b = p * (n_samples - n_features)
-        s = model.rate_W * W.sum(axis=0)                 # b_W Σ_i W_ik (= b_W)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = (-b + np.sqrt(b**2 + 4.0 * s * model.rate_H * H.sum(axis=1))) / (2.0 * s)
-    elif model.name == "gaussian":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = ((model.scale_W**2 * (H**2).sum(axis=1))
-                 / (model.scale_H**2 * (W**2).sum(axis=0))) ** 0.25
-    else:
-        raise ValueError(
-            f"map_scales supports the 'poisson' and 'gaussian' models, got {model.name!r}.")
+    c = capability(model, "map_scales")(model, W, H, log_space)
     # a component whose part is all zero carries nothing: any scale will do
     return np.where(W.sum(axis=0) > 0, c, 1.0)

@@ -20,7 +20,7 @@ import numpy as np
 from ..models import PoissonGamma
 from ..models.hierarchical import HierarchicalPoissonGamma
 from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
-from ..models.base import register_capability
+from ..models.base import capability, register_capability
 from ..models.counts import SparseCounts
 from .gibbs_poisson import (
     MAX_TOKENS,
@@ -64,14 +64,14 @@ class GibbsData(NamedTuple):
 
 
 def check_gibbs_problem(problem: Problem) -> bool:
-    """Whether the model's hyperparameters are learned; raise for models without a sampler."""
-    if isinstance(problem.model, HierarchicalPoissonGamma):
-        return True
-    if isinstance(problem.model, PoissonGamma):
-        return False
-    name = getattr(problem.model, "name", type(problem.model).__name__)
-    raise ValueError(f"method='gibbs' samples the models {list(GIBBS_MODELS)}, got "
-                     f"model={name!r}; use method='nuts' or 'svi' for this model.")
+    """Whether the model's hyperparameters are learned; ValueError (naming the methods the
+    model supports) for a model without the ``"gibbs_prior"`` capability."""
+    return _gibbs_prior(problem).learned
+
+
+def _gibbs_prior(problem: Problem):
+    """The model's :class:`~bnmf.models.base.GibbsPrior` at the problem's rank."""
+    return capability(problem.model, "gibbs_prior")(problem.model, problem.rank)
 
 
 def gibbs_init(key, W, H, hyper: dict) -> GibbsState:
@@ -124,13 +124,9 @@ def _entries(problem: Problem):
 
 
 def _priors(problem: Problem, dtype):
-    model = problem.model
-    if isinstance(model, HierarchicalPoissonGamma):
-        make = lambda rr: HyperPrior(*(jnp.asarray(v, dtype) for v in
-                                       (model.shape_scale, model.rate_shape, rr)))
-        return make(model.rate_rate_W), make(model.rate_rate_H)
-    one = HyperPrior(*(jnp.ones((), dtype) for _ in range(3)))
-    return one, one
+    prior = _gibbs_prior(problem)
+    return tuple(HyperPrior(*(jnp.asarray(v, dtype) for v in hyper))
+                 for hyper in (prior.hyper_W, prior.hyper_H))
 
 
 def _start_model(problem: Problem, observed_mean: float) -> PoissonGamma:
@@ -140,12 +136,7 @@ def _start_model(problem: Problem, observed_mean: float) -> PoissonGamma:
 
 
 def _start_hyper(problem: Problem, W, H) -> dict:
-    model = problem.model
-    if isinstance(model, HierarchicalPoissonGamma):
-        return model.init_extras(W, H, None, None)
-    k = problem.rank
-    return {"a_W": np.full(k, model.a), "b_W": np.full(k, model.rate_W),
-            "a_H": np.full(k, model.a), "b_H": np.full(k, model.rate_H)}
+    return _gibbs_prior(problem).start(W, H)
 
 
 def chain_starts(problem: Problem, num_chains: int, init: str, seed: int, max_iter: int = 500):
@@ -265,7 +256,7 @@ def fit_gibbs(
     return RawPosterior(draws=draws, losses=np.zeros(0), elbo=None, info=info)
 
 
-# The models this sampler serves, as capabilities (METHOD_CAPABILITY["gibbs"]); the sweeps'
-# mathematics is to move beside the models (bnmf/models/) as "gibbs_sweep" functions.
+# The models this sampler serves (those registering a "gibbs_prior"), as capabilities
+# (METHOD_CAPABILITY["gibbs"]); the sweeps' mathematics is to move beside the models.
 for _model_class in (PoissonGamma, HierarchicalPoissonGamma):
     register_capability(_model_class, "gibbs_sweep", fit_gibbs)

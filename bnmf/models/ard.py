@@ -85,6 +85,9 @@ class ARDPoisson:
     inactive_share: float = 1e-2
 
     name = "ard"
+    # what method=None runs, and why (fit.info["method_choice"])
+    preferred_method = ("gibbs", "gibbs: the ARD model's exact conjugate sampler; "
+                        "fit.rank_posterior() is the share of its draws")
     likelihood = "poisson"
     needs_counts = True
     extra_sites = ("relevance",)

@@ -186,10 +186,13 @@ def has_capability(model, name: str) -> bool:
 
 
 def supported_methods(model) -> tuple:
-    """The ``method=`` values ``model`` can be fitted with: the generic ones, plus each method
-    of :data:`METHOD_CAPABILITY` whose capability it provides."""
+    """The ``method=`` values ``model`` can be fitted with: the generic ones (less ``"map"`` for
+    a model whose density has no mode, see :func:`check_method`), plus each method of
+    :data:`METHOD_CAPABILITY` whose capability it provides."""
     own = capabilities(model)
-    return GENERIC_METHODS + tuple(m for m, need in METHOD_CAPABILITY.items() if need in own)
+    generic = tuple(m for m in GENERIC_METHODS
+                    if not (m == "map" and getattr(model, "no_map_mode", None)))
+    return generic + tuple(m for m, need in METHOD_CAPABILITY.items() if need in own)
 
 
 def models_with(name: str) -> list:
@@ -220,12 +223,34 @@ def capability(model, name: str):
 
 
 def check_method(model, method: str) -> None:
-    """ValueError unless ``method`` is among :func:`supported_methods` of ``model``."""
+    """ValueError unless ``method`` is among :func:`supported_methods` of ``model``.
+
+    A model whose joint density has no mode says why in its ``no_map_mode`` attribute; its
+    ``method="map"`` raises that reason."""
+    if method == "map" and getattr(model, "no_map_mode", None):
+        raise ValueError(model.no_map_mode)
     if method in METHOD_CAPABILITY:
         capability(model, METHOD_CAPABILITY[method])
     elif method not in GENERIC_METHODS:
         raise ValueError(f"method must be one of {list(supported_methods(model))} for model "
                          f"{model_name(model)!r}, got {method!r}.")
+
+
+class GibbsPrior(NamedTuple):
+    """Capability ``"gibbs_prior"``: how a Poisson–gamma family's priors enter the latent-count
+    Gibbs sweep (:mod:`bnmf.inference.gibbs`), per factor W and H.
+
+    * ``learned``: whether the per-component gamma shapes and rates are sampled;
+    * ``hyper_W``, ``hyper_H``: (shape_scale, rate_shape, rate_rate) of their hyperpriors
+      (a ~ LogNormal(0, shape_scale), b ~ Gamma(rate_shape, rate_rate)); unused if not learned;
+    * ``start(W, H) -> {"a_W", "b_W", "a_H", "b_H"}``: per-component (rank,) starting shapes
+      and rates (the fixed values when not learned).
+    """
+
+    learned: bool
+    hyper_W: tuple
+    hyper_H: tuple
+    start: Callable
 
 
 class MapUpdate(NamedTuple):

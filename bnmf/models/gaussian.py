@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import lax
@@ -385,3 +386,14 @@ def _describe(problem) -> dict:
 register_capability(GaussianHalfNormal, "map_update", MapUpdate(
     prepare=_prepare, prepare_masked=_prepare_masked, init=_init, step=gaussian_map_step,
     values=_values, describe=_describe))
+
+
+def _map_scales(model: GaussianHalfNormal, W, H, log_space: bool):
+    """Per-component scale c of a joint MAP fit (see :func:`bnmf.inference.activities.map_scales`):
+    c⁴ = s_W² Σ_j H_kj² / (s_H² Σ_i W_ik²)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((model.scale_W**2 * (H**2).sum(axis=1))
+                / (model.scale_H**2 * (W**2).sum(axis=0))) ** 0.25
+
+
+register_capability(GaussianHalfNormal, "map_scales", _map_scales)

@@ -29,10 +29,12 @@ from ..data import Data
 from .base import (
     H_SITE,
     W_SITE,
+    GibbsPrior,
     Site,
     balanced_mean,
     hyperparameter_pytree,
     observe,
+    register_capability,
     sample_H,
     sample_W,
 )
@@ -76,6 +78,10 @@ class HierarchicalPoissonGamma:
     rate_rate_H: float | None = None
 
     name = "poisson-hierarchical"
+    # learned shapes can go to 0 with the factor entries: the joint density has no mode
+    no_map_mode = ("method='map' has no mode for model='poisson-hierarchical' (learned gamma "
+                   "shapes make the density unbounded); use method='gibbs', 'nuts' or 'svi', "
+                   "or model='poisson' for a MAP fit.")
     nuts_calibrated = True
 
     def sites(self, rank=None) -> tuple:
@@ -130,5 +136,15 @@ class HierarchicalPoissonGamma:
         a_H, mean_H = moment_shapes(H, axis=1)
         return {"a_W": a_W, "b_W": a_W / mean_W, "a_H": a_H, "b_H": a_H / mean_H}
 
+
+def _gibbs_prior(model: HierarchicalPoissonGamma, rank: int) -> GibbsPrior:
+    """Learned shapes and rates, started from the moments of the starting W and H."""
+    return GibbsPrior(learned=True,
+                      hyper_W=(model.shape_scale, model.rate_shape, model.rate_rate_W),
+                      hyper_H=(model.shape_scale, model.rate_shape, model.rate_rate_H),
+                      start=lambda W, H: model.init_extras(W, H, None, None))
+
+
+register_capability(HierarchicalPoissonGamma, "gibbs_prior", _gibbs_prior)
 
 __all__ = ["HierarchicalPoissonGamma", "HYPER_SITES", "moment_shapes"]

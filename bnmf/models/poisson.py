@@ -30,6 +30,7 @@ from .base import (
     H_SITE,
     W_SITE,
     CaviFamily,
+    GibbsPrior,
     MapUpdate,
     balanced_mean,
     hyperparameter_pytree,
@@ -521,3 +522,28 @@ register_capability(PoissonGamma, "cavi", CaviFamily(
     global_kl=lambda shape, rate, model: gamma_kl(shape, rate, model.a, model.rate_W),
     factors=lambda state: state.factors, algorithm="cavi-gamma"))
 register_capability(PoissonGamma, "sparse_counts", sparse_counts)
+
+
+def _gibbs_prior(model: PoissonGamma, rank: int) -> GibbsPrior:
+    """Fixed shape a and rates b_W, b_H for every component: nothing learned."""
+    fixed = {"a_W": np.full(rank, model.a), "b_W": np.full(rank, model.rate_W),
+             "a_H": np.full(rank, model.a), "b_H": np.full(rank, model.rate_H)}
+    return GibbsPrior(learned=False, hyper_W=(1.0, 1.0, 1.0), hyper_H=(1.0, 1.0, 1.0),
+                      start=lambda W, H: fixed)
+
+
+register_capability(PoissonGamma, "gibbs_prior", _gibbs_prior)
+
+
+def _map_scales(model: PoissonGamma, W, H, log_space: bool):
+    """Per-component scale c of a joint MAP fit (see :func:`bnmf.inference.activities.map_scales`):
+    the root of b_W c² + p (n − m) c − b_H Σ_j H_kj = 0, p = a − 1 (a in log space)."""
+    n_features, n_samples = W.shape[0], H.shape[1]
+    p = model.a if log_space else model.a - 1.0
+    b = p * (n_samples - n_features)
+    s = model.rate_W * W.sum(axis=0)                 # b_W Σ_i W_ik (= b_W)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (-b + np.sqrt(b**2 + 4.0 * s * model.rate_H * H.sum(axis=1))) / (2.0 * s)
+
+
+register_capability(PoissonGamma, "map_scales", _map_scales)
