@@ -13,6 +13,9 @@ import matplotlib
 __all__ = ["console", "enable_compilation_cache", "main"]
 
 _OFF = ("", "0", "off", "false", "no", "none")
+# bnmf.models.MODELS' names, written out so that `bnmf --help` imports no JAX (a test holds
+# the two equal)
+MODEL_CHOICES = ("ard", "gaussian", "horseshoe", "negbin", "poisson", "poisson-hierarchical")
 
 
 def enable_compilation_cache(environ=None) -> str | None:
@@ -163,7 +166,7 @@ def _cmd_select_rank(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sel = select_rank(X, ranks=parse_ranks(args.ranks), model=args.model,
-                      method=args.method or "svi", holdout=args.holdout, folds=args.folds,
+                      method=args.method, holdout=args.holdout, folds=args.folds,
                       restarts=args.restarts, seed=args.seed,
                       missing="mask" if args.missing_as_mask else "error", dtype=args.dtype,
                       checkpoint=out / "checkpoint.nc", progress=True if args.progress else None,
@@ -248,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--method", choices=["map", "svi", "nuts", "cavi"], default=None,
-                       help="inference (default: nuts on small problems, else cavi for "
-                            "poisson, svi for the other models)")
+        p.add_argument("--method", choices=["map", "svi", "nuts", "cavi", "gibbs"], default=None,
+                       help="inference (default: what bnmf.fit chooses for the model and size, "
+                            "printed as 'method: ...')")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--draws", type=int, default=None, help="posterior draws to keep")
         p.add_argument("--progress", action="store_true", help="force a progress bar")
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fit = sub.add_parser("fit", help="fit X ≈ W H to a data file")
     p_fit.add_argument("data", help="CSV/TSV (first column = feature names), .npz, .mtx or .h5ad")
     p_fit.add_argument("--rank", "-k", type=int, required=True)
-    p_fit.add_argument("--model", choices=["poisson", "gaussian", "horseshoe"], default="poisson")
+    p_fit.add_argument("--model", choices=MODEL_CHOICES, default="poisson")
     p_fit.add_argument("--out", default="fit.nc", help="output netCDF file (default fit.nc)")
     p_fit.add_argument("--plot", default=None, help="also write a PNG of the parts")
     p_fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_sel = sub.add_parser("select-rank", help="compare ranks: held-out density, ELBO, stability")
     p_sel.add_argument("data", help="CSV/TSV (first column = feature names), .npz, .mtx or .h5ad")
     p_sel.add_argument("--ranks", default="2-10", help="e.g. 2-10 or 2,3,5 (default 2-10)")
-    p_sel.add_argument("--model", choices=["poisson", "gaussian", "horseshoe"], default="poisson")
+    p_sel.add_argument("--model", choices=MODEL_CHOICES, default="poisson")
     p_sel.add_argument("--out", default="sweep", help="output folder (default sweep); its "
                        "checkpoint.nc lets an interrupted sweep resume")
     p_sel.add_argument("--holdout", type=float, default=0.1)

@@ -182,3 +182,14 @@ def test_unusable_compilation_cache_folder_warns_once_and_runs_without_it(tmp_pa
     with pytest.warns(UserWarning, match="cannot write the compilation cache folder"):
         assert enable_compilation_cache({"BNMF_CACHE_DIR": str(tmp_path / "a_file" / "sub")}) is None
     assert jax.config.jax_compilation_cache_dir == before  # JAX's configuration untouched
+
+
+def test_command_line_offers_every_model_and_method():
+    from bnmf.cli import MODEL_CHOICES, build_parser
+    from bnmf.inference import METHODS
+    from bnmf.models import MODELS
+
+    assert sorted(MODEL_CHOICES) == sorted(MODELS)
+    fit_parser = build_parser()._subparsers._group_actions[0].choices["fit"]
+    method = next(a for a in fit_parser._actions if a.dest == "method")
+    assert sorted(method.choices) == sorted(METHODS)
