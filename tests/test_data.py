@@ -23,7 +23,7 @@ import bnmf
 from bnmf import fitting
 from bnmf.data import Data, aligned_empty, check_rank, prepare
 from bnmf.inference.common import to_device
-from bnmf.models import GaussianHalfNormal, Horseshoe, PoissonGamma, get_model
+from bnmf.models import MODELS, GaussianHalfNormal, Horseshoe, PoissonGamma, get_model
 
 # --------------------------------------------------------------------------------------------
 # Helpers and fixtures
@@ -344,7 +344,7 @@ class TestCheckRank:
 
 class TestModels:
     def test_unknown_model_name(self):
-        match = r"unknown model 'nmf'; choose one of \['gaussian', 'horseshoe', 'poisson'\]"
+        match = re.escape(f"unknown model 'nmf'; choose one of {sorted(MODELS)}")
         with pytest.raises(ValueError, match=match):
             get_model("nmf")
 

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from helpers import simulate
 
 import bnmf
-from bnmf.inference import common
+from bnmf.inference import driver
 
 X, _, _ = simulate(10, 24, rank=2, counts_per_sample=300, seed=3)
 
@@ -34,7 +34,7 @@ def test_no_bar_off_a_terminal_by_default_or_when_turned_off(capsys):
     ("cavi", {"batch_size": 8, "epochs": 1, "num_draws": 5}, "CAVI minibatches"),
 ])
 def test_bars_are_on_by_default_on_a_terminal(capsys, monkeypatch, method, options, label):
-    monkeypatch.setattr(common, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(driver, "_stderr_is_terminal", lambda: True)
     fit = bnmf.fit(X[:6, :8], 2, method=method, **options)
     assert np.all(np.isfinite(np.asarray(fit.W)))
     assert label in capsys.readouterr().err
