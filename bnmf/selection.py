@@ -387,6 +387,30 @@ def _relative_error(fit: Fit, data: Data) -> float:
     return float(np.linalg.norm(residual) / max(np.linalg.norm(data.values), 1e-300))
 
 
+def _table_row(elbo, fold_means, reconstruction_error: float, cophenetic: float,
+               stability: float, stability_min: float, converged: float,
+               start_time: float) -> dict:
+    """One rank's row of the table from its restarts' ELBOs (restarts,) and its folds' mean
+    held-out densities (folds,); the paired differences are filled in by :func:`choose_rank`."""
+    elbo, fold_means = np.asarray(elbo), np.asarray(fold_means)
+    restarts, folds = elbo.size, fold_means.size
+    return {
+        "elbo": float(np.mean(elbo)),
+        "elbo_sd": float(np.std(elbo, ddof=1)) if restarts > 1 else float("nan"),
+        "heldout_lpd": float(fold_means.mean()),
+        "heldout_lpd_se": (float(fold_means.std(ddof=1) / np.sqrt(folds)) if folds > 1
+                           else float("nan")),
+        "heldout_lpd_diff": float("nan"),
+        "heldout_lpd_diff_se": float("nan"),
+        "reconstruction_error": reconstruction_error,
+        "cophenetic": cophenetic,
+        "stability": stability,
+        "stability_min": stability_min,
+        "converged": converged,
+        "seconds": time.perf_counter() - start_time,
+    }
+
+
 def fit_rank(data: Data, rank: int, model_obj, method: str, heldout: np.ndarray, restarts: int,
              seed: int, dtype: str, num_draws: int, options: dict):
     """Fit one rank: restarts × (all entries + every fold) in one batch; score and summarise.
@@ -429,22 +453,8 @@ def fit_rank(data: Data, rank: int, model_obj, method: str, heldout: np.ndarray,
     stability, stability_min = restart_stability(Ws, best_full)
     cophenetic = (cophenetic_correlation(Hs.argmax(axis=1)) if restarts > 1 else float("nan"))
     elbo = score[full] if method == "svi" else np.full(restarts, np.nan)
-    fold_means = np.asarray(fold_means)
-    row = {
-        "elbo": float(np.mean(elbo)),
-        "elbo_sd": float(np.std(elbo, ddof=1)) if restarts > 1 else float("nan"),
-        "heldout_lpd": float(fold_means.mean()),
-        "heldout_lpd_se": (float(fold_means.std(ddof=1) / np.sqrt(folds)) if folds > 1
-                           else float("nan")),
-        "heldout_lpd_diff": float("nan"),
-        "heldout_lpd_diff_se": float("nan"),
-        "reconstruction_error": _relative_error(fits[0], data),
-        "cophenetic": cophenetic,
-        "stability": stability,
-        "stability_min": stability_min,
-        "converged": float(np.mean(batch.converged)),
-        "seconds": time.perf_counter() - start_time,
-    }
+    row = _table_row(elbo, fold_means, _relative_error(fits[0], data), cophenetic,
+                     stability, stability_min, float(np.mean(batch.converged)), start_time)
     return row, np.concatenate(pointwise), fits[0]
 
 
@@ -486,22 +496,9 @@ def fit_rank_loop(data: Data, rank: int, model_obj, method: str, heldout: np.nda
     cophenetic = cophenetic_correlation(Hs.argmax(axis=1)) if restarts > 1 else float("nan")
     has_elbo = fits[0][0].elbo is not None
     elbo = scores[0] if has_elbo else np.full(restarts, np.nan)
-    fold_means = np.asarray(fold_means)
-    row = {
-        "elbo": float(np.mean(elbo)),
-        "elbo_sd": float(np.std(elbo, ddof=1)) if restarts > 1 else float("nan"),
-        "heldout_lpd": float(fold_means.mean()),
-        "heldout_lpd_se": (float(fold_means.std(ddof=1) / np.sqrt(folds)) if folds > 1
-                           else float("nan")),
-        "heldout_lpd_diff": float("nan"),
-        "heldout_lpd_diff_se": float("nan"),
-        "reconstruction_error": _relative_error(fits[0][best[0]], data),
-        "cophenetic": cophenetic,
-        "stability": stability,
-        "stability_min": stability_min,
-        "converged": float(np.nanmean(converged)) if np.isfinite(converged).any() else 1.0,
-        "seconds": time.perf_counter() - start_time,
-    }
+    converged = float(np.nanmean(converged)) if np.isfinite(converged).any() else 1.0
+    row = _table_row(elbo, fold_means, _relative_error(fits[0][best[0]], data), cophenetic,
+                     stability, stability_min, converged, start_time)
     return row, np.concatenate(pointwise), fits[0][best[0]]
 
 
