@@ -15,7 +15,8 @@ __all__ = ["console", "enable_compilation_cache", "main"]
 _OFF = ("", "0", "off", "false", "no", "none")
 # bnmf.models.MODELS' names, written out so that `bnmf --help` imports no JAX (a test holds
 # the two equal)
-MODEL_CHOICES = ("ard", "gaussian", "horseshoe", "negbin", "poisson", "poisson-hierarchical")
+MODEL_CHOICES = ("ard", "gaussian", "horseshoe", "negbin", "poisson", "poisson-hierarchical",
+                 "spatial")
 
 
 def enable_compilation_cache(environ=None) -> str | None:

@@ -14,7 +14,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["Graph", "prepare_graph", "check_network_rank", "LIKELIHOODS"]
+__all__ = [
+    "LIKELIHOODS",
+    "Graph",
+    "NeighborGraph",
+    "check_network_rank",
+    "grid_graph",
+    "knn_graph",
+    "prepare_graph",
+    "prepare_neighbors",
+]
 
 LIKELIHOODS = ("bernoulli", "poisson")
 
@@ -235,3 +244,128 @@ def check_network_rank(rank, n_nodes: int) -> int:
             f"and the number of nodes."
         )
     return int(rank)
+
+
+# ------------------------------------------------------------- neighbour graphs of samples
+@dataclass(frozen=True)
+class NeighborGraph:
+    """A validated, undirected, weighted graph on the samples (spatial smoothing of ``H``).
+
+    Attributes
+    ----------
+    n_nodes : int
+        Number of samples the graph is on.
+    row, col : int32 arrays of shape (n_edges,)
+        Each undirected edge once, row < col.
+    weight : float64 array of shape (n_edges,)
+        Its positive weight.
+    """
+
+    n_nodes: int
+    row: np.ndarray
+    col: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.row.size)
+
+
+def prepare_neighbors(neighbors) -> NeighborGraph:
+    """Validate a samples × samples neighbour graph into a :class:`NeighborGraph`.
+
+    ``neighbors`` is a square, symmetric matrix of non-negative weights (SciPy sparse, dense,
+    DataFrame or networkx graph); W[i, j] > 0 makes samples i and j neighbours. The diagonal
+    (a sample with itself) carries no smoothing and must be 0."""
+    try:
+        M, _ = _to_matrix(neighbors, None)
+    except TypeError as err:
+        raise TypeError(str(err).replace("A must", "neighbors must")) from err
+    if M.ndim != 2 or M.shape[0] != M.shape[1]:
+        raise ValueError(f"neighbors must be a square samples × samples matrix, got shape "
+                         f"{M.shape}.")
+    coo = sp.coo_matrix(M)
+    coo.sum_duplicates()
+    row, col, val = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.astype(float)
+    if not np.isfinite(val).all():
+        raise ValueError("neighbors has NaN or infinite weights.")
+    if (val < 0).any():
+        k = int(np.argmin(val))
+        raise ValueError(f"neighbors has negative weights (min {val[k]:g} at ({row[k]}, "
+                         f"{col[k]})); smoothing weights must be non-negative.")
+    keep = val != 0
+    row, col, val = row[keep], col[keep], val[keep]
+    if (row == col).any():
+        i = int(row[row == col][0])
+        raise ValueError(f"neighbors has non-zero diagonal entries (e.g. at sample {i}); a "
+                         "sample is not its own neighbour: set the diagonal to 0.")
+    S = sp.coo_matrix((val, (row, col)), shape=M.shape).tocsr()
+    diff = abs(S - S.T)
+    if diff.nnz and diff.max() > 1e-12 * max(1.0, float(val.max(initial=0.0))):
+        rows, cols, gaps = sp.find(diff)
+        i, j = rows[np.argmax(gaps)], cols[np.argmax(gaps)]
+        raise ValueError(
+            f"neighbors is not symmetric (W[{i}, {j}] = {S[i, j]:g} but W[{j}, {i}] = "
+            f"{S[j, i]:g}); a neighbour graph is undirected: pass (W + W.T) / 2 or "
+            "W.maximum(W.T).")
+    upper = row < col
+    if not upper.any():
+        raise ValueError("neighbors has no edges; there is nothing to smooth over.")
+    order = np.lexsort((col[upper], row[upper]))
+    return NeighborGraph(int(M.shape[0]), row[upper][order].astype(np.int32),
+                         col[upper][order].astype(np.int32), val[upper][order])
+
+
+def knn_graph(coords, n_neighbors: int = 8) -> NeighborGraph:
+    """The symmetrised k-nearest-neighbour graph (weights 1) of sample coordinates.
+
+    Parameters
+    ----------
+    coords : array-like of shape (n_samples, d)
+        Positions of the samples (pixels, spots), finite.
+    n_neighbors : int
+        Each sample is joined to its ``n_neighbors`` nearest others (Euclidean; ties by index);
+        i and j are neighbours when either is among the other's nearest.
+    """
+    from scipy.spatial import cKDTree
+
+    if isinstance(n_neighbors, (bool, np.bool_)) or not isinstance(n_neighbors,
+                                                                   (int, np.integer)):
+        raise TypeError(f"n_neighbors must be an integer, got {type(n_neighbors).__name__} "
+                        f"{n_neighbors!r}.")
+    try:
+        points = np.asarray(coords, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"coords must be an array of numbers: {err}") from err
+    if points.ndim == 1:
+        points = points[:, None]
+    if points.ndim != 2:
+        raise ValueError(f"coords must have shape (n_samples, d), got {points.shape}.")
+    if not np.isfinite(points).all():
+        raise ValueError("coords has NaN or infinite values.")
+    n = points.shape[0]
+    if not 1 <= n_neighbors < n:
+        raise ValueError(f"n_neighbors must lie in [1, n_samples - 1] = [1, {n - 1}], got "
+                         f"{n_neighbors!r}.")
+    _, idx = cKDTree(points).query(points, k=n_neighbors + 1)
+    # each point's own index is dropped (with duplicate points it need not come first)
+    others = idx != np.arange(n)[:, None]
+    others &= np.cumsum(others, axis=1) <= n_neighbors
+    rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)[others]
+    cols = idx[others]
+    A = sp.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)).tocsr()
+    return prepare_neighbors((A.maximum(A.T) > 0).astype(float))
+
+
+def grid_graph(n_rows: int, n_cols: int, order: str = "C", diagonal: bool = False
+               ) -> NeighborGraph:
+    """The 4- (or with ``diagonal`` 8-) neighbour graph of an image's pixels, numbered in
+    ``order`` ("C": row-major, "F": column-major, as MATLAB images are stored)."""
+    index = np.arange(n_rows * n_cols).reshape((n_rows, n_cols), order=order)
+    pairs = [(index[:, :-1], index[:, 1:]), (index[:-1, :], index[1:, :])]
+    if diagonal:
+        pairs += [(index[:-1, :-1], index[1:, 1:]), (index[:-1, 1:], index[1:, :-1])]
+    row = np.concatenate([a.ravel() for a, _ in pairs])
+    col = np.concatenate([b.ravel() for _, b in pairs])
+    A = sp.coo_matrix((np.ones(row.size), (row, col)), shape=(index.size,) * 2)
+    return prepare_neighbors(A + A.T)

@@ -272,7 +272,7 @@ def build_idata(raw: RawPosterior, data: Data, rank: int, meta: dict):
         draws = align_draws(draws, dims)
     attrs = {
         "model": meta["model"],
-        "model_params": json.dumps(meta["model_params"]),
+        "model_params": json.dumps(meta["model_params"], default=_json_array),
         "method": meta["method"],
         "seed": int(meta["seed"]),
         "rank": int(rank),
@@ -333,6 +333,13 @@ def _training_data(idata):
     mask = np.ones(shape, bool)
     mask[constant["hidden_row"].values, constant["hidden_col"].values] = False
     return np.where(mask, X, np.nan), mask
+
+
+def _json_array(value):
+    """Arrays among a model's parameters (e.g. a spatial model's edge list) as JSON lists."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _jsonable(info: dict) -> dict:

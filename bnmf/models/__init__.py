@@ -13,13 +13,14 @@ from .hierarchical import HierarchicalPoissonGamma
 from .horseshoe import Horseshoe
 from .negbin import NegativeBinomial
 from .poisson import PoissonGamma
+from .spatial import SpatialNMF
 
 __all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe",
-           "ARDPoisson", "NegativeBinomial", "MODELS", "get_model"]
+           "ARDPoisson", "NegativeBinomial", "SpatialNMF", "MODELS", "get_model"]
 
 MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe,
           "poisson-hierarchical": HierarchicalPoissonGamma, "ard": ARDPoisson,
-          "negbin": NegativeBinomial}
+          "negbin": NegativeBinomial, "spatial": SpatialNMF}
 
 
 def get_model(model, **options):
