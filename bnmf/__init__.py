@@ -7,6 +7,7 @@
 from . import models, tl
 from .calling import Calls, decompose, match, refit
 from .fitting import fit
+from .multiview import MultiViewFit
 from .network import NetworkFit, fit_network
 from .posterior import BnmfWarning, Fit, compare, load, read_anndata
 from .resampling import Bootstrap, bootstrap
@@ -19,6 +20,7 @@ __all__ = [
     "Bootstrap",
     "Calls",
     "Fit",
+    "MultiViewFit",
     "NetworkFit",
     "RankSelection",
     "bootstrap",

@@ -22,6 +22,7 @@ __all__ = [
     "PCAWG_SIGNATURES_CITATION",
     "SBS96_CHANNELS",
     "load_breast21",
+    "load_breast_dbs78",
     "load_pcawg_signatures",
     "read_sbs96",
     "to_sbs96",
@@ -51,6 +52,14 @@ def _read_bundled(name: str) -> pd.DataFrame:
 def load_breast21() -> pd.DataFrame:
     """SBS96 counts of 21 breast cancer genomes: a DataFrame of 96 channels × 21 samples."""
     return to_sbs96(_read_bundled("breast21_sbs96_counts.csv.gz"))
+
+
+def load_breast_dbs78() -> pd.DataFrame:
+    """DBS78 (doublet-base substitution) counts of 6 of the 21 breast cancer genomes of
+    :func:`load_breast21` (PD3851a, PD3890a, PD3904a, PD3905a, PD3945a, PD4005a): 78 channels
+    (``AC>CA``, ...) × 6 samples, 320 doublets in all. With :func:`load_breast21` a two-view
+    data set on shared samples (SBS96 for 21, DBS78 for 6 of them) for multi-view NMF."""
+    return _read_bundled("breast6_dbs78_counts.csv.gz")
 
 
 def load_pcawg_signatures() -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 
@@ -14,6 +15,7 @@ from .inference.common import numerics, to_device
 from .models import MODELS, get_model
 from .models.base import capability, check_method, has_capability, supported_methods
 from .models.counts import SparseCounts, sparse_counts
+from .multiview import fit_multiview
 from .options import check_options, check_seed
 from .posterior import Fit, build_idata
 
@@ -208,6 +210,9 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
     >>> result.W.shape, result.H.shape
     ((30, 2), (2, 40))
     """
+    if isinstance(X, Mapping):  # several views sharing the sample axis: joint multi-view NMF
+        return fit_multiview(X, rank, model=model, method=method, seed=seed, mask=mask,
+                             missing=missing, dtype=dtype, **options)
     model_options, inference_options = _split_options(model, options)
     model_obj = get_model(model, **model_options)
     data = prepare(X, mask=mask, missing=missing, counts=model_obj.needs_counts)

@@ -278,8 +278,11 @@ def posterior_start(problem: Problem, init: str, seed: int, max_iter: int = 500)
     """Starting values of every NumPyro site, from a MAP fit, for SVI and NUTS.
 
     Values are in NumPyro's layout (``H`` as (n_samples, rank)) and floored away from 0, since
-    both samplers work in log space.
+    both samplers work in log space. A model whose sites are not one W and one H (e.g. the
+    multi-view model) gives its own start through its ``"posterior_start"`` capability.
     """
+    if has_capability(problem.model, "posterior_start"):
+        return capability(problem.model, "posterior_start")(problem, init, seed, max_iter)
     if problem.sparse:
         raise ValueError(
             "sparse input is fitted in O(nnz) by method='map' and method='cavi' only; pass "
