@@ -1146,7 +1146,7 @@ def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 1
     from bnmf.inference.common import Problem
     from bnmf.inference.gibbs import CHUNK, GibbsData, _draws, _entries, _priors, gibbs_init
     from bnmf.inference.gibbs_poisson import allocation
-    from bnmf.inference.map import poisson_counts
+    from bnmf.models.poisson import poisson_counts
 
     rng = np.random.default_rng(SEED)
     W = rng.dirichlet(np.full(n_features, 0.5), rank).T

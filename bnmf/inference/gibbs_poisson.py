@@ -9,15 +9,23 @@ the components, ``z_ij ~ Multinomial(X_ij, p_ij)`` with ``p_ijk ∝ W_ik H_kj``;
 Only non-zero observed counts are split (a zero count has z = 0), so a sweep costs
 O(nnz · rank) plus two mask products. Factors are kept in log space: gamma draws of small
 shape (sparse parts, Dirichlet(0.1)) underflow float32, their logarithms do not
-(``jax.random.loggamma``), and the split is computed from log W + log H.
+(:func:`bnmf.models.sampling.log_standard_gamma`), and the split is computed from
+log W + log H.
 
 The multinomial split, the cost of a sweep, is drawn in two exact ways chosen per entry on
 the host (the counts are fixed):
 
-* counts up to ``max_tokens``: every count is a token with one uniform, whose component is
-  found against the entry's cumulative probabilities; entries are bucketed by count into
-  power-of-two widths, so padding at most doubles the work;
+* counts up to ``max_tokens``: every count is a token with 32 random bits, whose component
+  is found against the entry's cumulative probabilities as uint32 thresholds; an entry's
+  tokens fill rows of ``TOKEN_WIDTH`` slots (:func:`token_rows`), one layout and one
+  compiled kernel for every count, padding under ``TOKEN_WIDTH`` slots per entry;
 * larger counts: ``rank − 1`` sequential conditional binomials.
+
+Measured at 96 × 2,000, rank 10, 1,000 counts per sample (2.0 M tokens, 189 k entries) on 2
+busy CPU cores, one jitted split: power-of-4 token buckets (4.2 M slots) 200 ms; token rows
+of 8 (2.9 M slots) 55 ms, of which the bits are 8 ms with the non-partitionable threefry
+and 160–400 ms with the partitionable one (the sweep sets it, :func:`gibbs_step`); rows of
+4 and 16 were slower.
 
 The learned shapes and rates of :class:`~bnmf.models.HierarchicalPoissonGamma` are drawn per
 component as a block: the shape by random-walk Metropolis on log a with the rate integrated
@@ -35,24 +43,32 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from ..models.counts import mask_left, mask_right
+from ..models.sampling import log_standard_gamma
 
-# Counts up to this are split token by token (one uniform each); larger ones by binomials.
-# Measured in experiments/speed.py (gibbs rows): a token costs ~rank compares and one
-# uniform, a binomial ~0.4 µs, so tokens win up to a few hundred.
+# Counts up to this are split token by token; larger ones by rank − 1 binomials.
 MAX_TOKENS = 256
+# Token slots per row of the token layout: an entry of n counts takes ceil(n / TOKEN_WIDTH)
+# rows, so padding is below TOKEN_WIDTH slots per entry.
+TOKEN_WIDTH = 8
 # Metropolis steps on each learned shape per sweep, and the proposal scale c / sqrt(n) on
 # log a (posterior sd of log a is about 1–1.4 / sqrt(n) for n gamma entries).
 SHAPE_STEPS = 3
 SHAPE_PROPOSAL = 2.5
+# A uint32 at or above every threshold: padding slots draw it, so they land nowhere.
+_NOWHERE = np.uint32(0xFFFFFFFF)
 
 
-class TokenBucket(NamedTuple):
-    """Entries whose counts fit in ``slots.shape[0]`` tokens: rows, cols (E,), counts (E,)."""
+class TokenRows(NamedTuple):
+    """Counts up to ``MAX_TOKENS`` as rows of ``slots.shape[0]`` token slots.
+
+    ``rows``, ``cols`` (E,): the entries; ``entry`` (R,): the entry of each token row (sorted);
+    ``tokens`` (R,): how many of the row's slots hold tokens (0 in padding rows)."""
 
     rows: jax.Array
     cols: jax.Array
-    counts: jax.Array
-    slots: jax.Array  # arange(width): its static shape is the bucket's width
+    entry: jax.Array
+    tokens: jax.Array
+    slots: jax.Array  # arange(width): its static shape is the row width
 
 
 class BinomialBucket(NamedTuple):
@@ -64,9 +80,9 @@ class BinomialBucket(NamedTuple):
 
 
 class Allocation(NamedTuple):
-    """The non-zero observed counts, bucketed for the split (built once on the host)."""
+    """The non-zero observed counts, laid out for the split (built once on the host)."""
 
-    tokens: tuple
+    tokens: TokenRows | None
     binomial: BinomialBucket | None
 
 
@@ -80,8 +96,8 @@ class HyperPrior(NamedTuple):
 
 
 def padded_length(n: int) -> int:
-    """n rounded up to m · 2^k with 8 ≤ m < 16 (at most 12.5% more): buckets of other data of
-    about the same size get the same shapes, so the compiled sweep is reused."""
+    """n rounded up to m · 2^k with 8 ≤ m < 16 (at most 12.5% more): other data of about the
+    same size get the same shapes, so the compiled sweep is reused."""
     if n <= 16:
         return n
     step = 2 ** (int(np.log2(n)) - 3)
@@ -93,37 +109,41 @@ def _padded(a: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([a, np.zeros(length - a.size, a.dtype)])
 
 
+def token_rows(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray,
+               width: int = TOKEN_WIDTH) -> TokenRows:
+    """Lay out positive counts (host arrays of one length) as rows of ``width`` token slots,
+    entries and rows padded (:func:`padded_length`) with zero counts."""
+    n_rows = -(-counts // width)
+    entry = np.repeat(np.arange(counts.size), n_rows)
+    first = np.cumsum(n_rows) - n_rows
+    tokens = np.minimum(width, counts[entry] - width * (np.arange(entry.size) - first[entry]))
+    n_entries, n_token_rows = padded_length(counts.size), padded_length(entry.size)
+    return TokenRows(*(jnp.asarray(_padded(a, n), jnp.int32) for a, n in
+                       ((rows, n_entries), (cols, n_entries), (entry, n_token_rows),
+                        (tokens, n_token_rows))),
+                     jnp.arange(width, dtype=jnp.int32))
+
+
 def allocation(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, dtype,
-               max_tokens: int = MAX_TOKENS) -> Allocation:
-    """Bucket non-zero counts (host arrays of one length) for :func:`latent_sums`; each
-    bucket padded (:func:`padded_length`) with zero counts."""
+               max_tokens: int = MAX_TOKENS, width: int = TOKEN_WIDTH) -> Allocation:
+    """Lay out non-zero counts (host arrays of one length) for :func:`latent_sums`: counts up
+    to ``max_tokens`` as token rows (:func:`token_rows`), larger ones for binomials."""
     counts = np.asarray(counts)
     if counts.size and (np.any(counts < 0) or np.any(counts != np.round(counts))):
         raise ValueError("the Gibbs sampler splits counts: X must hold non-negative integers.")
     counts = counts.astype(np.int64)
     keep = counts > 0
     rows, cols, counts = rows[keep], cols[keep], counts[keep]
-    # widths 1, 4, 16, 64, 256: padding at most quadruples the tokens of a bucket, and few
-    # buckets keep the compiled sweep small (each is its own code)
-    widths = 4 ** np.ceil(np.log(np.maximum(counts, 1)) / np.log(4) - 1e-9).astype(np.int64)
-    tokens = []
-    width = 1
-    while width <= 4 * max_tokens:
-        chosen = (widths == width) & (counts <= max_tokens)
-        if chosen.any():
-            n = padded_length(int(chosen.sum()))
-            tokens.append(TokenBucket(*(jnp.asarray(_padded(a[chosen], n), jnp.int32)
-                                        for a in (rows, cols, counts)),
-                                      jnp.arange(width, dtype=jnp.int32)))
-        width *= 4
-    large = counts > max_tokens
+    small = counts <= max_tokens
+    tokens = (token_rows(rows[small], cols[small], counts[small], width) if small.any()
+              else None)
     binomial = None
-    if large.any():
-        n = padded_length(int(large.sum()))
-        binomial = BinomialBucket(jnp.asarray(_padded(rows[large], n), jnp.int32),
-                                  jnp.asarray(_padded(cols[large], n), jnp.int32),
-                                  jnp.asarray(_padded(counts[large], n), dtype))
-    return Allocation(tuple(tokens), binomial)
+    if (~small).any():
+        n = padded_length(int((~small).sum()))
+        binomial = BinomialBucket(jnp.asarray(_padded(rows[~small], n), jnp.int32),
+                                  jnp.asarray(_padded(cols[~small], n), jnp.int32),
+                                  jnp.asarray(_padded(counts[~small], n), dtype))
+    return Allocation(tokens, binomial)
 
 
 def split_probabilities(logW, logH, rows, cols):
@@ -134,21 +154,27 @@ def split_probabilities(logW, logH, rows, cols):
     return p / jnp.sum(p, axis=1, keepdims=True)
 
 
-def split_tokens(key, logW, logH, bucket: TokenBucket):
+def _thresholds(p):
+    """uint32 thresholds ⌊2³² · Σ_{j≤k} p_j⌋ for k < rank − 1, shape (E, rank − 1): a token
+    whose 32 random bits fall below threshold k lands in a component ≤ k. The largest value
+    of the dtype below 2³² caps them (float32: 2³² − 256)."""
+    cumulative = p @ jnp.triu(jnp.ones((p.shape[1], p.shape[1] - 1), p.dtype))
+    cap = np.nextafter(np.float32(2.0**32), 0) if p.dtype == jnp.float32 else 2.0**32 - 1
+    return jnp.minimum(cumulative * 2.0**32, cap).astype(jnp.uint32)
+
+
+def split_tokens(key, logW, logH, t: TokenRows):
     """Multinomial split of small counts, token by token: (E, rank) integer counts.
 
-    Token t of entry e (t < X_e) gets a uniform u; the number of tokens at or below the
-    cumulative probability c_k, minus those at or below c_{k-1}, is z_ek."""
-    p = split_probabilities(logW, logH, bucket.rows, bucket.cols)
-    cumulative = jnp.cumsum(p, axis=1)
-    cumulative = cumulative / cumulative[:, -1:]  # last exactly 1: every token lands
-    u = jax.random.uniform(key, (bucket.rows.shape[0], bucket.slots.shape[0]), p.dtype)
-    u = jnp.where(bucket.slots[None, :] < bucket.counts[:, None], u, 2.0)  # padding: nowhere
-    # one 2-D compare per component: XLA fuses each into a reduction (3x faster on CPU than
-    # one (E, width, rank) compare)
-    below = jnp.stack([jnp.sum(u <= cumulative[:, k:k + 1], axis=1, dtype=jnp.int32)
-                       for k in range(p.shape[1])], axis=1)
-    return jnp.diff(below, axis=1, prepend=0)
+    Each token draws 32 random bits; the number of a row's tokens below threshold k
+    (:func:`_thresholds`), minus those below threshold k − 1, is its count of component k.
+    Padding slots draw all ones, which is below no threshold."""
+    thresholds = _thresholds(split_probabilities(logW, logH, t.rows, t.cols))[t.entry]
+    bits = jax.random.bits(key, (t.entry.shape[0], t.slots.shape[0]), jnp.uint32)
+    bits = jnp.where(t.slots[None, :] < t.tokens[:, None], bits, _NOWHERE)
+    below = jnp.sum(bits[:, :, None] < thresholds[:, None, :], axis=1, dtype=jnp.int32)
+    z = jnp.diff(jnp.concatenate([below, t.tokens[:, None]], axis=1), axis=1, prepend=0)
+    return jax.ops.segment_sum(z, t.entry, t.rows.shape[0], indices_are_sorted=True)
 
 
 def split_binomial(key, logW, logH, bucket: BinomialBucket):
@@ -177,49 +203,14 @@ def latent_sums(key, logW, logH, alloc: Allocation):
     n_samples = logH.shape[1]
     S_W = jnp.zeros((n_features, rank), logW.dtype)
     S_H = jnp.zeros((n_samples, rank), logW.dtype)
-    parts = [(b, split_tokens) for b in alloc.tokens]
-    if alloc.binomial is not None:
-        parts.append((alloc.binomial, split_binomial))
+    parts = [(alloc.tokens, split_tokens), (alloc.binomial, split_binomial)]
     for i, (bucket, split) in enumerate(parts):
+        if bucket is None:
+            continue
         z = split(jax.random.fold_in(key, i), logW, logH, bucket).astype(logW.dtype)
         S_W = S_W.at[bucket.rows].add(z)
         S_H = S_H.at[bucket.cols].add(z)
     return S_W, S_H.T
-
-
-def log_standard_gamma(key, shape):
-    """log of Gamma(shape, 1) draws (any positive shapes, any array shape), exact.
-
-    Marsaglia & Tsang (2000) on shape + 1 where shape < 1, with the boost
-    G(a) = G(a + 1) U^(1/a) taken in log space, so tiny shapes do not underflow. Every round
-    draws a normal and a uniform for the whole array and keeps the first accepted proposal of
-    each entry (acceptance ≥ 95%); a while loop runs until every entry has one. This is ~10x
-    faster on CPU than ``jax.random.loggamma``, whose rejection loop runs per entry.
-    """
-    dtype = shape.dtype
-    tiny = jnp.finfo(dtype).tiny
-    boosted = shape < 1.0
-    d = jnp.where(boosted, shape + 1.0, shape) - 1.0 / 3.0
-    c = 1.0 / jnp.sqrt(9.0 * d)
-    key, boost_key = jax.random.split(key)
-
-    def round_(carry):
-        key, done, log_v = carry
-        key, k_normal, k_uniform = jax.random.split(key, 3)
-        x = jax.random.normal(k_normal, shape.shape, dtype)
-        log_u = jnp.log(jax.random.uniform(k_uniform, shape.shape, dtype, minval=tiny))
-        v = 1.0 + c * x
-        positive = v > 0
-        log_v_new = 3.0 * jnp.log(jnp.where(positive, v, 1.0))
-        ok = positive & (log_u < 0.5 * x * x + d * (1.0 - jnp.exp(log_v_new) + log_v_new))
-        take = ok & ~done
-        return key, done | ok, jnp.where(take, log_v_new, log_v)
-
-    _, _, log_v = jax.lax.while_loop(lambda carry: ~jnp.all(carry[1]), round_,
-                                     (key, jnp.zeros(shape.shape, bool), jnp.zeros_like(shape)))
-    log_g = jnp.log(d) + log_v
-    log_u = jnp.log(jax.random.uniform(boost_key, shape.shape, dtype, minval=tiny))
-    return jnp.where(boosted, log_g + log_u / shape, log_g)
 
 
 def log_gamma_draw(key, shape, rate):
