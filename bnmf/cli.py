@@ -294,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="reference parts, features as rows (SigProfiler/COSMIC SBS96 "
                          "files are reordered to the canonical channels)")
     p_refit.add_argument("--out", default="calls", help="output folder (default calls)")
-    p_refit.add_argument("--method", choices=["nuts", "svi"], default=None,
-                         help="inference (default: nuts)")
+    p_refit.add_argument("--method", choices=["gibbs", "nuts", "svi"], default=None,
+                         help="inference (default: NUTS up to 1,000 exposures, else Gibbs)")
     p_refit.add_argument("--seed", type=int, default=0)
     p_refit.add_argument("--prob", type=float, default=0.9, help="credible interval (0.9)")
     p_refit.add_argument("--min-fraction", type=float, default=0.05,

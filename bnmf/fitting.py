@@ -19,7 +19,7 @@ from .multiview import fit_multiview
 from .options import check_options, check_seed
 from .posterior import Fit, build_idata
 
-__all__ = ["fit", "fit_data", "default_method"]
+__all__ = ["default_method", "fit", "fit_data", "run_inference"]
 
 DTYPES = ("float32", "float64")
 # NUTS is the only inference whose 90% intervals cover 85-95% of the truth on data simulated
@@ -120,13 +120,15 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
                    "(experiments/results/calibration.md)")
 
 
-def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int = 0,
-             dtype: str = "float32", W_fixed=None, **options) -> Fit:
-    """Fit a validated :class:`~bnmf.data.Data` (the engine behind :func:`fit`).
+def run_inference(data: Data, rank: int, model, method: str | None = None, seed: int = 0,
+                  dtype: str = "float32", W_fixed=None, **options):
+    """Validate the options, resolve ``model`` on ``data`` and run ``method``'s inference
+    (``None``: the model's preferred method, else :func:`default_method`'s choice).
 
-    ``model`` is a model object (unresolved); ``W_fixed`` (n_features, rank) keeps W fixed;
-    ``method=None`` runs :func:`default_method`'s choice.
-    """
+    Returns ``(raw, resolved, method)``: the :class:`~bnmf.inference.common.RawPosterior`
+    (``info["method_choice"]`` says why when the method was chosen), the resolved model and the
+    method that ran. :func:`fit_data` wraps it in a :class:`Fit`; :func:`bnmf.refit` reads the
+    raw draws of its own model."""
     choice = None
     if method is None and getattr(model, "preferred_method", None):
         method, choice = model.preferred_method       # the model's own calibrated choice
@@ -153,8 +155,20 @@ def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int 
         raw = _inference(method, resolved)(problem, seed=int(seed), **options)
     if choice is not None:
         raw = raw._replace(info={**(raw.info or {}), "method_choice": choice})
+    return raw, resolved, method
+
+
+def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int = 0,
+             dtype: str = "float32", W_fixed=None, **options) -> Fit:
+    """Fit a validated :class:`~bnmf.data.Data` (the engine behind :func:`fit`).
+
+    ``model`` is a model object (unresolved); ``W_fixed`` (n_features, rank) keeps W fixed;
+    ``method=None`` runs :func:`default_method`'s choice.
+    """
+    raw, resolved, method = run_inference(data, rank, model, method, seed=seed, dtype=dtype,
+                                          W_fixed=W_fixed, **options)
     meta = {"model": resolved.name, "model_params": dataclasses.asdict(resolved),
-            "method": method, "seed": int(seed), "dtype": dtype}
+            "method": method, "seed": int(check_seed(seed)), "dtype": dtype}
     return Fit(build_idata(raw, data, rank, meta))
 
 
