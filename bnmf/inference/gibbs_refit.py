@@ -81,7 +81,13 @@ def metropolis(key, u, log_density, scale, steps: int):
 
 def refit_sweep(state: RefitGibbsState, data: RefitGibbsData, model: RefitPoisson
                 ) -> RefitGibbsState:
-    """One sweep: z | H; H | z, π, a; π | H, a; a | H, π."""
+    """One sweep: z | H; H | z, π, a; π | H, a; a | H, π (random numbers from the
+    non-partitionable threefry, as :func:`bnmf.inference.gibbs.gibbs_step` explains)."""
+    with jax.threefry_partitionable(False):
+        return _sweep(state, data, model)
+
+
+def _sweep(state: RefitGibbsState, data: RefitGibbsData, model: RefitPoisson) -> RefitGibbsState:
     key, k_split, k_H, k_share, k_shape = jax.random.split(state.key, 5)
     logH = state.logH
     if model.support is not None:
