@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["SBS96_COLOURS", "is_sbs96", "plot_bootstrap", "plot_dispersion", "plot_exposures",
-           "plot_parts", "plot_ppc", "plot_top_features", "reference_matches"]
+           "plot_memberships", "plot_parts", "plot_ppc", "plot_top_features",
+           "reference_matches"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
 SBS96_COLOURS = {
@@ -437,4 +438,68 @@ def plot_bootstrap(result, components=None, top: int = 15):
                ncols=2, fontsize=8)
     fig.suptitle(f"{round(100 * prob)}% intervals of each part's top loadings: posterior vs "
                  f"{result.W.shape[0]} cohort bootstrap refits ({result.settings['method']})")
+    return fig
+
+
+def plot_memberships(fit, prob: float = 0.9, groups=None, which: str | None = None):
+    """Community memberships of a :func:`bnmf.fit_network` fit as a heatmap: each node's
+    posterior mean share of each community (left), the width of its ``prob`` interval
+    (middle) and the posterior probability of its main community (right, ambiguous nodes
+    marked). Nodes are sorted by main community, then by that share.
+
+    Parameters
+    ----------
+    fit : NetworkFit
+    prob : float
+        Interval probability; nodes with P(main community) < (1 + prob) / 2 are marked
+        ambiguous, as :meth:`NetworkFit.ambiguous` lists them.
+    groups : array-like of shape (n_nodes,), optional
+        Known labels (e.g. factions), written beside each node's name.
+    which : {"W_out", "W_in"}, optional
+        For a directed fit: which memberships (default their sum).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+    fit._check_spread()
+    shares = fit.shares(which)                                   # (draws, nodes, rank)
+    mean = shares.mean(axis=0)
+    lower, upper = np.quantile(shares, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+    main = mean.argmax(axis=1)
+    p_main = fit.assignment_probability(which).to_numpy()
+    order = np.lexsort((-mean[np.arange(len(main)), main], main))
+    names = [str(n) for n in fit.nodes]
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (len(names),):
+            raise ValueError(f"groups must have one label per node ({len(names)}), got shape "
+                             f"{groups.shape}.")
+        names = [f"{n} ({g})" for n, g in zip(names, groups)]
+    fig, axes = plt.subplots(1, 3, figsize=(3.0 + 0.9 * fit.rank * 2 + 1.5,
+                                            0.2 * len(names) + 1.4),
+                             gridspec_kw={"width_ratios": [fit.rank, fit.rank, 1.2]},
+                             constrained_layout=True)
+    y = np.arange(len(order))
+    for ax, value, title, cmap in [(axes[0], mean, "mean share", "viridis"),
+                                   (axes[1], upper - lower, f"{round(100 * prob)}% interval width",
+                                    "magma_r")]:
+        image = ax.imshow(value[order], aspect="auto", cmap=cmap, vmin=0, vmax=1,
+                          interpolation="nearest")
+        ax.set_xticks(range(fit.rank), [f"c{k}" for k in range(fit.rank)])
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.6)
+    axes[0].set_yticks(y, [names[i] for i in order], fontsize=7)
+    axes[1].set_yticks([])
+    ambiguous = p_main[order] < (1 + prob) / 2
+    axes[2].barh(y, p_main[order], color=np.where(ambiguous, "tab:orange", "tab:blue"))
+    axes[2].axvline((1 + prob) / 2, color="0.4", linestyle=":", linewidth=1)
+    axes[2].set_ylim(len(order) - 0.5, -0.5)
+    axes[2].set_xlim(0, 1)
+    axes[2].set_yticks([])
+    axes[2].set_title("P(main)", fontsize=9)
+    fig.suptitle(f"{len(names)} nodes × {fit.rank} communities ({fit.method}); orange: "
+                 f"ambiguous at {round(100 * prob)}%", fontsize=10)
     return fig

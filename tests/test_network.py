@@ -2,7 +2,6 @@
 conditionals against the complete-data model, the samplers against SciPy, ECM against an
 optimizer, Gibbs against NUTS, recovery on the karate club and on planted communities."""
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,6 @@ from bnmf.models import sampling
 from bnmf.models.network import (
     NetworkGamma,
     dense_pairs,
-    edge_rates,
     graph_arrays,
     log_joint,
     node_conditional,
@@ -158,7 +156,7 @@ def test_ecm_never_lowers_the_log_joint_and_reaches_a_mode(float64, directed):
     assert np.all(np.diff(trace) >= -1e-9 * abs(trace[-1]))
     # an optimizer on log W started at the ECM answer finds nothing better
     names = model.sites
-    unflat = lambda v: {n: jnp.exp(v.reshape(len(names), 12, 2)[k]) for k, n in enumerate(names)}  # noqa: E731
+    unflat = lambda v: {n: jnp.exp(v.reshape(len(names), 12, 2)[k]) for k, n in enumerate(names)}
     objective = jax.jit(jax.value_and_grad(lambda v: -log_joint(model, g, unflat(v))))
     x0 = np.log(np.stack([np.asarray(sites[n]) for n in names])).ravel()
     result = minimize(lambda v: [np.asarray(t, float) for t in objective(jnp.asarray(v))],
@@ -184,6 +182,21 @@ def test_karate_club_factions_and_ambiguous_members():
     communities = fit.communities(prob=0.9)
     leaders = {k for k, members in communities.items() if 0 in members or 33 in members}
     assert leaders == {0, 1}
+    # The membership heatmap marks exactly the ambiguous nodes, sorted by main community.
+    import matplotlib
+    matplotlib.use("Agg")
+    from bnmf.plotting import plot_memberships
+
+    figure = plot_memberships(fit, prob=0.9, groups=factions)
+    bars = figure.axes[2].patches
+    orange = [bar for bar in bars if bar.get_facecolor()[:3] == matplotlib.colors.to_rgb(
+        "tab:orange")]
+    assert len(bars) == 34 and len(orange) == len(ambiguous)
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    main = fit.assignments().to_numpy()
+    assert np.all(np.diff([main[int(label.split()[0])] for label in labels]) >= 0)
+    with pytest.raises(ValueError, match="one label per node"):
+        plot_memberships(fit, groups=factions[:3])
 
 
 def test_same_seed_same_result_and_exact_round_trip(tmp_path):
@@ -258,7 +271,7 @@ def test_directed_memberships_are_recovered():
     assert adjusted_rand_score(senders, np.asarray(fit.W_out).argmax(1)) > 0.9
     assert adjusted_rand_score(receivers, np.asarray(fit.W_in).argmax(1)) > 0.9
     with pytest.raises(AttributeError, match="W_out and W_in"):
-        fit.W
+        _ = fit.W
 
 
 def test_poisson_counts_of_interactions():
