@@ -72,7 +72,8 @@ def fit_multiview_map(problem: Problem, *, init: str = "nndsvda", seed: int = 0,
         MAP_TOL_PER_ENTRY if tol is None else tol, progress, "MAP (multi-view)",
         exact_steps=True, scale=observed_entries(problem))
     draws = {name: np.asarray(value)[None, None] for name, value in updates.values(state).items()}
-    info = {**updates.describe(problem), "iterations": iterations, "converged": converged}
+    info = {**updates.describe(problem), "iterations": iterations, "converged": converged,
+            "relaxation_fell_back": bool(np.asarray(state.relaxation) == 1.0)}
     return RawPosterior(draws=draws, losses=losses, elbo=None, info=info)
 
 

@@ -29,7 +29,9 @@ Capabilities registered here (:mod:`bnmf.models.base`):
   Gaussian), giving per-entry terms ``L f + Q f²/2 − P log f``; the shared H's majorizer is
   the *sum* of the views' terms plus its prior's, and its exact minimizer is the positive root
   of ``Q f² + L f − P = 0``. Each update lowers the negative log joint; the scales move by
-  their exact mode (σ) or a safeguarded Newton step (φ), both monotone.
+  their exact mode (σ) or a safeguarded Newton step (φ), both monotone. The factor updates
+  are over-relaxed as the Poisson MAP's (ω = 1.7), with the driver's fallback to the
+  monotone ω = 1 where a chunk's objective rose.
 (``"posterior_start"``, the MAP that SVI and NUTS start from, is registered by
 :mod:`bnmf.inference.multiview`, which holds the inference code it needs.)
 """
@@ -59,7 +61,7 @@ from .negbin import (
     negbin_mean,
     negbin_update_dispersion,
 )
-from .poisson import PoissonGamma
+from .poisson import RELAXATION, PoissonGamma, relaxed_update
 
 __all__ = ["VIEW_MODELS", "MultiView", "check_view_name", "multiview_neg_log_joint"]
 
@@ -411,9 +413,12 @@ def _add(a, b):
     return tuple(x + y for x, y in zip(a, b))
 
 
-def mm_update(values: dict, X: dict, M: dict, model: MultiView) -> dict:
+def mm_update(values: dict, X: dict, M: dict, model: MultiView, relaxation=1.0) -> dict:
     """One MM update: each view's W (then its per-update scale), then the shared H from the
-    sum of every view's majorizer and its prior. Never raises :func:`multiview_neg_log_joint`."""
+    sum of every view's majorizer and its prior. With ``relaxation`` ω = 1 (the default) it
+    never raises :func:`multiview_neg_log_joint`; ω ≠ 1 over-relaxes each factor,
+    A ← A (A_mm / A)^ω (:func:`~bnmf.models.poisson.relaxed_update`), faster but not monotone
+    by construction (the driver falls back to ω = 1 where a chunk's objective rose)."""
     values = dict(values)
     H = values["H"]
     h_power = jnp.where(_h_log_space(model), model.h_shape, model.h_shape - 1.0)
@@ -424,14 +429,15 @@ def mm_update(values: dict, X: dict, M: dict, model: MultiView) -> dict:
         W = values[f"W_{name}"]
         extras = model.view_extras(name, values)
         w_terms, _ = family.terms(sub, X[name], Mf, W, H, extras)
-        W = _solve(*_add(w_terms, family.w_prior_terms(sub, W)),
-                   _FLOOR * family.w_prior_mean(sub))
+        floor = _FLOOR * family.w_prior_mean(sub)
+        W_mm = _solve(*_add(w_terms, family.w_prior_terms(sub, W)), floor)
+        W = jnp.maximum(relaxed_update(W, W_mm, relaxation), floor)
         extras = family.update_step(sub, X[name], M[name], W, H, extras)
         _, h_terms = family.terms(sub, X[name], Mf, W, H, extras)
         H_terms = _add(H_terms, h_terms)
         values[f"W_{name}"] = W
         values.update({f"{k}_{name}": v for k, v in extras.items()})
-    values["H"] = _solve(*H_terms, _FLOOR)
+    values["H"] = jnp.maximum(relaxed_update(H, _solve(*H_terms, _FLOOR), relaxation), _FLOOR)
     return values
 
 
@@ -454,10 +460,13 @@ class MultiViewData(NamedTuple):
 
 
 class MultiViewState(NamedTuple):
-    """The MM iterate (every site, bnmf layout) and its objective."""
+    """The MM iterate (every site, bnmf layout), its objective and the over-relaxation ω of
+    the factor updates (the driver sets it to 1, the monotone plain MM, where a chunk's
+    objective rose)."""
 
     values: dict
     loss: jax.Array
+    relaxation: jax.Array
 
 
 def initial_values(W: dict, H, data: MultiViewData, model: MultiView) -> dict:
@@ -471,25 +480,28 @@ def initial_values(W: dict, H, data: MultiViewData, model: MultiView) -> dict:
 
 
 def _map_init(W, H, data: MultiViewData, model) -> MultiViewState:
-    return MultiViewState(initial_values(W, H, data, model), jnp.asarray(jnp.inf, H.dtype))
+    return MultiViewState(initial_values(W, H, data, model), jnp.asarray(jnp.inf, H.dtype),
+                          jnp.asarray(RELAXATION, H.dtype))
 
 
 @jax.jit
-def _mm_chunk(values, X, M, model, n_steps):
-    values = lax.fori_loop(0, n_steps, lambda _, v: mm_update(v, X, M, model), values)
+def _mm_chunk(values, X, M, model, n_steps, relaxation):
+    values = lax.fori_loop(0, n_steps, lambda _, v: mm_update(v, X, M, model, relaxation),
+                           values)
     values = chunk_update(values, X, M, model)
     return values, multiview_neg_log_joint(values, X, M, model)
 
 
 def multiview_map_step(state: MultiViewState, data: MultiViewData, model, n_steps,
                        update_W: bool) -> MultiViewState:
-    values, loss = _mm_chunk(state.values, data.X, data.M, model, n_steps)
-    return MultiViewState(values, loss)
+    values, loss = _mm_chunk(state.values, data.X, data.M, model, n_steps, state.relaxation)
+    return MultiViewState(values, loss, state.relaxation)
 
 
 def _map_describe(problem) -> dict:
     return {"algorithm": "multiview-mm",
-            "mode_space": "constrained factors (log below gamma shape 1), log phi"}
+            "mode_space": "constrained factors (log below gamma shape 1), log phi",
+            "relaxation": RELAXATION}
 
 
 register_capability(MultiView, "map_update", MapUpdate(
