@@ -15,7 +15,8 @@ Methods: ``gibbs`` (model ``poisson``, data-set rates, shape 1), ``gibbs-hier`` 
 ``poisson-hierarchical``: shapes and rates learned per component) and ``cavi`` (the fast
 approximation, for comparison). Run from the repository root (the machine is shared: nice)::
 
-    nice -n 10 python experiments/calibration_gibbs.py --sizes 96x600x6 --replicates 1
+    nice -n 15 python experiments/calibration_gibbs.py --sizes 96x600x6 --replicates 1 \\
+        --generators dir0.5-gamma dir0.1-skewed --methods gibbs gibbs-hier cavi
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ METHODS = {
     "gibbs-hier": {"method": "gibbs", "model": "poisson-hierarchical"},
     "cavi": {"method": "cavi"},
 }
-GIBBS_OPTIONS = {"num_chains": 2, "num_warmup": 250, "num_samples": 300}
+# bnmf.fit's defaults for method="gibbs", spelled out so the report states them
+GIBBS_OPTIONS = {"num_chains": 4, "num_warmup": 500, "num_samples": 500}
 
 
 def simulate(generator: str, F: int, N: int, K: int, seed: int):
@@ -86,13 +88,17 @@ def coverage(fit, W, H) -> dict:
     return out
 
 
-def run(sizes, replicates, csv: Path) -> pd.DataFrame:
-    rows = []
+def run(sizes, replicates, csv: Path, generators=GENERATORS, methods=tuple(METHODS),
+        rows=None) -> pd.DataFrame:
+    """Fit every size × generator × replicate × method, appending to ``rows`` (earlier
+    results) and writing the CSV after each fit."""
+    rows = list(rows or [])
     for F, N, K in sizes:
-        for generator in GENERATORS:
+        for generator in generators:
             for seed in range(replicates):
                 X, W, H, model_options = simulate(generator, F, N, K, seed)
-                for label, spec in METHODS.items():
+                for label in methods:
+                    spec = METHODS[label]
                     options = dict(spec)
                     if label != "gibbs-hier":
                         options.update(model_options)
@@ -102,13 +108,15 @@ def run(sizes, replicates, csv: Path) -> pd.DataFrame:
                     fit = bnmf.fit(X, K, seed=seed, **options)
                     seconds = time.perf_counter() - start
                     row = {"size": f"{F}x{N} r{K}", "generator": generator, "method": label,
-                           "seed": seed, "seconds": seconds, **coverage(fit, W, H)}
+                           "seed": seed, "seconds": seconds,
+                           "load": round(os.getloadavg()[0], 1), **coverage(fit, W, H)}
                     diag = fit.info.get("diagnostics")
                     if diag:
                         stats = fit.idata.sample_stats
                         ess = np.minimum(stats["ess_bulk_W"].values, stats["ess_tail_W"].values)
                         row.update({
                             "rhat_ok_W": 1 - diag["rhat_above_1.01_W"],
+                            "rhat_ok_H": 1 - diag["rhat_above_1.01_H"],
                             "ess100_W": float(np.mean(ess >= 100)),
                             "ess_per_s_W": float(np.median(stats["ess_bulk_W"].values) / seconds),
                         })
@@ -118,22 +126,40 @@ def run(sizes, replicates, csv: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def status(table: pd.DataFrame) -> str:
+    """Which rows are evidence of calibration: those whose chains mixed (R-hat ≤ 1.01 for 99%
+    of normalized W entries, bulk and tail ESS ≥ 100 for 95%); what was measured."""
+    sampled = table[table["method"].str.startswith("gibbs")] if len(table) else table
+    mixed = sampled[(sampled["rhat_ok_W"] >= 0.99) & (sampled["ess100_W"] >= 0.95)]
+    measured = ", ".join(f"{size}: {', '.join(sorted(set(part['generator'])))}"
+                         for size, part in table.groupby("size", sort=False))
+    return (f"{len(table)} fits measured ({measured}); {len(mixed)} of {len(sampled)} Gibbs "
+            "fits had mixed chains by the thresholds above. Coverage of a fit whose chains did "
+            "not mix is not yet evidence of calibration (its intervals are from too few "
+            "effective draws). Generators, sizes and replicates not listed were not run.")
+
+
 def write_report(table: pd.DataFrame, command: str, out: Path) -> None:
-    columns = [c for c in ("W_50", "W_90", "H_50", "H_90", "rhat_ok_W", "ess100_W",
-                           "ess_per_s_W", "seconds") if c in table]
+    columns = [c for c in ("W_50", "W_90", "H_50", "H_90", "rhat_ok_W", "rhat_ok_H",
+                           "ess100_W", "ess_per_s_W", "seconds") if c in table]
     summary = table.groupby(["size", "generator", "method"], sort=False)[columns].mean()
     with open(out, "w") as handle:
         handle.write("# Calibration of the Gibbs sampler at real sizes\n\n")
         handle.write(f"Made by `{command}` (see its docstring). Coverage = fraction of true "
                      "entries of W (columns summing to 1) or H inside the equal-tailed interval "
                      "after Hungarian alignment. `rhat_ok_W`: share of normalized W entries with "
-                     "split R-hat ≤ 1.01; `ess100_W`: share with bulk and tail ESS ≥ 100; "
+                     "split R-hat ≤ 1.01 (`rhat_ok_H` the same for H); `ess100_W`: share with "
+                     "bulk and tail ESS ≥ 100; "
                      "`ess_per_s_W`: median bulk ESS of W per second of wall time. Gibbs: "
                      f"{GIBBS_OPTIONS}.\n\n")
-        handle.write(f"Machine: {os.cpu_count()} CPU cores shared with 6 other helpers' jobs "
-                     f"(load 8–14 during the run, so seconds are several times those of an idle "
-                     f"machine); jax {jax.__version__}, Python {platform.python_version()}. "
-                     "Seconds include compilation.\n\n")
+        loads = table["load"] if "load" in table else pd.Series(dtype=float)
+        load = (f"1-minute load {loads.min():.0f}–{loads.max():.0f} at the end of the fits"
+                if loads.notna().any() else "load not recorded")
+        handle.write(f"Machine: {os.cpu_count()} CPU cores shared with other jobs ({load}, so "
+                     "seconds are several times those of an idle machine); jax "
+                     f"{jax.__version__}, Python {platform.python_version()}. Seconds include "
+                     "the MAP starts and compilation.\n\n")
+        handle.write("## Status\n\n" + status(table) + "\n\n")
         handle.write("## Mean over replicates\n\n" + markdown_table(summary) + "\n\n")
         handle.write("## Every run\n\n" + markdown_table(table, index=False) + "\n")
     print(f"wrote {out}")
@@ -143,14 +169,23 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["96x600x6"])
     parser.add_argument("--replicates", type=int, default=1)
+    parser.add_argument("--generators", nargs="+", default=list(GENERATORS),
+                        choices=GENERATORS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in the CSV and add these fits")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     out = Path(__file__).parent / "results" / "calibration_gibbs.md"
     csv = out.with_suffix(".csv")
-    command = ("nice -n 10 python experiments/calibration_gibbs.py --sizes "
-               f"{' '.join(args.sizes)} --replicates {args.replicates}")
-    table = pd.read_csv(csv) if args.report_only else run(sizes, args.replicates, csv)
+    command = ("nice -n 15 python experiments/calibration_gibbs.py --sizes "
+               f"{' '.join(args.sizes)} --replicates {args.replicates} --generators "
+               f"{' '.join(args.generators)} --methods {' '.join(args.methods)}"
+               + (" --append" if args.append else ""))
+    earlier = pd.read_csv(csv).to_dict("records") if (args.append or args.report_only) else []
+    table = (pd.DataFrame(earlier) if args.report_only else
+             run(sizes, args.replicates, csv, args.generators, args.methods, earlier))
     write_report(table, command, out)
 
 

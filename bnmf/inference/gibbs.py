@@ -103,6 +103,16 @@ def gibbs_step(state: GibbsState, data: GibbsData, *, learn: bool, sample_W: boo
     return GibbsState(logW, logH, a_W, b_W, a_H, b_H, key)
 
 
+def over_chains(fn, states):
+    """``fn`` on every chain of ``states`` (leading chain axis), in one compiled program:
+    ``vmap`` on accelerators; ``lax.map`` (one chain after another) on CPU, where the chains'
+    arrays side by side fall out of cache (measured at 96 × 2,000 rank 10, 4 chains: 67 ms
+    a sweep per chain mapped, 104 vmapped, 51 for one chain alone; compilation 24 s vs 37)."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(fn, states)
+    return jax.vmap(fn)(states)
+
+
 @partial(jax.jit, static_argnames=("learn", "sample_W"))
 def _draws(states, data, thin, *, learn, sample_W):
     """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
@@ -115,7 +125,7 @@ def _draws(states, data, thin, *, learn, sample_W):
             return s, s._replace(key=jnp.zeros((), jnp.uint32))
         return jax.lax.scan(draw, state, None, length=CHUNK)
 
-    return jax.vmap(one)(states)
+    return over_chains(one, states)
 
 
 def _entries(problem: Problem):
