@@ -47,6 +47,7 @@ from .fitting import (
     _inference_options,
     _split_options,
     default_method,
+    fit,
     fit_data,
 )
 from .inference import METHODS as FIT_METHODS
@@ -281,6 +282,13 @@ class RankSelection:
     fits: dict
     settings: dict = field(default_factory=dict)
     pointwise: dict = field(default_factory=dict, repr=False)
+    ard: Fit | None = None
+
+    @property
+    def ard_rank_posterior(self) -> pd.Series | None:
+        """With ``select_rank(..., ard=True)``: the ARD fit's posterior of the number of
+        active components (:meth:`bnmf.Fit.rank_posterior`), else None."""
+        return None if self.ard is None else self.ard.rank_posterior()
 
     def plot(self, figsize=(11, 7)):
         """Figure of held-out LPD (± SE), ELBO (± SD over restarts), stability and
@@ -535,7 +543,7 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = Non
                 holdout: float = 0.1, folds: int = 3, restarts: int = 4, seed: int = 0,
                 mask=None, *, missing: str = "error", dtype: str = "float32",
                 num_draws: int = 1000, checkpoint=None, progress: bool | None = None,
-                **options) -> RankSelection:
+                ard: bool | dict = False, **options) -> RankSelection:
     r"""Choose the rank of a Bayesian NMF from held-out predictive density, ELBO and stability.
 
     Parameters
@@ -577,6 +585,12 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = Non
         ranks it holds, so an interrupted sweep resumes without refitting them.
     progress : bool, optional
         Progress bar over ranks, with time left; None shows it when stderr is a terminal.
+    ard : bool or dict
+        Also fit ``model="ard"`` (Poisson counts) from ``max(ranks)`` components on all
+        entries and put its answer beside the sweep's: ``sel.ard`` (the fit),
+        ``sel.ard_rank_posterior`` and a sentence in ``sel.reason``. A dict gives that fit's
+        options (``method=``, ``num_samples=``, ``max_rank=``, the model's ``a=``, ...); its
+        default method is ``bnmf.fit``'s for the ARD model (Gibbs). Not checkpointed.
     **options
         Model hyperparameters (e.g. ``a=0.5``) and options of the batched inference
         (:func:`bnmf.inference.batch.fit_svi_batch`: ``max_steps``, ``min_steps``,
@@ -607,6 +621,7 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = Non
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     check_seed(seed)
+    ard_options = _ard_options(ard)
     model_options, inference_options = _split_options(model, options)
     inference_options = check_options(inference_options)
     model_obj = get_model(model, **model_options)
@@ -650,9 +665,39 @@ def select_rank(X, ranks=range(2, 11), model="poisson", method: str | None = Non
                          columns=list(TABLE_COLUMNS))
     best, reason, table = choose_rank(table, {k: pointwise[k] for k in ranks})
     table["method"] = [methods[k] for k in ranks]  # what ran at each rank
+    ard_fit = None
+    if ard_options is not None:
+        max_rank = ard_options.pop("max_rank", max(ranks))
+        ard_fit = fit(X, max_rank, model="ard", seed=seed, mask=mask, missing=missing,
+                      dtype=dtype, **ard_options)
+        reason += " " + _ard_sentence(ard_fit, max_rank)
     return RankSelection(table=table, best_rank=best, reason=reason,
                          fits={k: fits[k] for k in ranks}, settings=settings,
-                         pointwise={k: pointwise[k] for k in ranks})
+                         pointwise={k: pointwise[k] for k in ranks}, ard=ard_fit)
+
+
+def _ard_options(ard) -> dict | None:
+    """select_rank's ``ard=`` as the ARD fit's options (None: no ARD fit)."""
+    if ard is False or ard is None:
+        return None
+    if ard is True:
+        return {}
+    if isinstance(ard, dict):
+        if "model" in ard:
+            raise ValueError("ard= gives the options of the model='ard' fit; it takes no "
+                             "'model' key.")
+        return dict(ard)
+    raise TypeError(f"ard must be True, False or a dict of the ARD fit's options, got {ard!r}.")
+
+
+def _ard_sentence(ard_fit: Fit, max_rank: int) -> str:
+    """The ARD fit's answer in words, for RankSelection.reason."""
+    posterior = ard_fit.rank_posterior()
+    mode = int(posterior.to_numpy().argmax())
+    listed = ", ".join(f"{k}: {p:.2f}" for k, p in posterior.items() if p >= 0.05)
+    return (f"Beside it, ARD (model='ard', method={ard_fit.method!r}, from {max_rank} "
+            f"components) finds {mode} active components (posterior probability "
+            f"{posterior[mode]:.2f}; P(rank) {listed}).")
 
 
 def _check_batch_options(method: str, options: dict) -> None:

@@ -408,3 +408,20 @@ def test_select_rank_runs_every_fit_method(method):
         assert np.isfinite(sel.table["elbo"]).all()
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['max_stepz'\]"):
         bnmf.select_rank(X_SMALL, ranks=[1], method=method, max_stepz=1, progress=False)
+
+
+def test_select_rank_puts_the_ard_answer_beside_its_own():
+    X, _, _ = simulate(40, 60, rank=2, counts_per_sample=2000, seed=11)
+    sel = bnmf.select_rank(X, ranks=[1, 2, 3], method="map", restarts=1, folds=2,
+                           progress=False, ard={"num_warmup": 100, "num_samples": 100,
+                                                "num_chains": 1})
+    assert sel.best_rank == 2
+    assert sel.ard.model.name == "ard" and sel.ard.rank == 3 and sel.ard.method == "gibbs"
+    posterior = sel.ard_rank_posterior
+    assert posterior.idxmax() == 2 and posterior[2] >= 0.5
+    assert "ARD (model='ard', method='gibbs', from 3 components) finds 2 active" in sel.reason
+    with pytest.raises(TypeError, match="ard must be True, False or a dict"):
+        bnmf.select_rank(X, ranks=[1, 2], method="map", ard="yes", progress=False)
+    with pytest.raises(ValueError, match="takes no 'model' key"):
+        bnmf.select_rank(X, ranks=[1, 2], method="map", ard={"model": "poisson"},
+                         progress=False)
