@@ -192,7 +192,7 @@ def test_svi_runs_through_the_generic_path():
 
 
 @pytest.mark.slow
-def test_nuts_agrees_with_svi_and_map_on_a_small_image():
+def test_nuts_agrees_with_map_on_a_small_image():
     """NUTS (the reference posterior) on 4 × 4 pixels: its posterior mean reconstruction is
     close to the MAP's, and smoothing lowers its abundance roughness."""
     X, _, g = _smooth_data(side=4, n_features=6, noise=0.2)
