@@ -28,7 +28,7 @@ from .data import Data, prepare
 from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
-from .models.base import site_dims
+from .models.base import site_dims, to_numpyro_layout
 
 __all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "align_permutation", "compare",
            "convergence_diagnostics", "dispersion_statistic", "load", "normalize", "read_anndata",
@@ -820,8 +820,7 @@ def _replicate(model, X, sites: dict, keys, rank: int):
     mask = jnp.ones(X.shape, dtype=bool)
 
     def one(site, key):
-        values = dict(site)
-        values["H"] = site["H"].T    # NumPyro's layout (samples, rank); see to_bnmf_layout
+        values = to_numpyro_layout(model, dict(site))   # the sites the model samples transposed
         program = handlers.substitute(handlers.seed(model.numpyro_model, 0), data=values)
         trace = handlers.trace(program).get_trace(X, mask, rank)
         return trace["X"]["fn"].sample(key).T
