@@ -35,7 +35,7 @@ from .inference.multiview import fit_multiview_map
 from .models import MODELS, get_model
 from .models.base import check_method, site_dims
 from .models.multiview import MultiView, check_view_name, view_family
-from .options import check_options, check_seed
+from .options import check_number, check_options, check_seed
 from .posterior import (
     DRAW_DIMS,
     MCMC_METHODS,
@@ -232,6 +232,7 @@ def fit_multiview(X: Mapping, rank: int, model="poisson", method: str | None = N
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}.")
     seed = check_seed(seed)
+    h_shape = check_number("h_shape", h_shape, 0.0, low_open=True)
     subs = _view_models(X, model)
     masks = _view_masks(X, mask)
     views = {}
