@@ -8,10 +8,14 @@ proportions; its total is drawn log-uniformly in [100, 5000] mutations; then
 
 Compared, on the same catalogues:
 
-* ``bnmf.refit`` with its defaults (NUTS on the cohort-level hierarchical model, two stages:
-  screening over all 65 signatures for the calls, then exposures refitted without the signatures
-  each sample clearly lacks; call = posterior probability ≥ 0.95 that the share is ≥ 5%);
-* ``bnmf.refit(method="svi")``, a mean-field approximation of the same model, same call rule;
+* ``bnmf.refit`` with its defaults (at 65 signatures × 150 samples: the Gibbs sampler of the
+  cohort-level hierarchical model :class:`bnmf.models.refit.RefitPoisson`, two chains of 500
+  draws after 500 sweeps, two stages: screening over all 65 signatures for the calls, then
+  exposures refitted without the signatures each sample clearly lacks; call = posterior
+  probability ≥ 0.95 that the share is ≥ 5%);
+* ``bnmf.refit(method="nuts")``, the former default: NUTS on the same model (now through
+  bnmf's generic NUTS), same call rule;
+* ``bnmf.refit(method="svi")``, a mean-field approximation of the same model (``--svi``);
 * NNLS per sample (SciPy) with a 5% threshold on the share, the usual baseline (no intervals).
 
 Reported: precision and recall of the presence calls, coverage of the 90% credible intervals
@@ -21,6 +25,7 @@ Run from the repository root::
 
     python experiments/calling.py           # writes experiments/results/calling.md
     python experiments/calling.py --quick   # one small replicate, prints only
+    python experiments/calling.py --samples 100 --seeds 0 1 2   # smaller cohorts
 """
 
 from __future__ import annotations
@@ -72,7 +77,12 @@ def precision_recall(calls: np.ndarray, truth: np.ndarray) -> tuple[float, float
     return float(hits / max(calls.sum(), 1)), float(hits / max(truth.sum(), 1))
 
 
-def evaluate(W: pd.DataFrame, n: int, seed: int, methods=("nuts", "svi")) -> list[dict]:
+LABELS = {"gibbs": "bnmf.refit(method='gibbs') (default here), two-stage",
+          "nuts": "bnmf.refit(method='nuts') (former default), two-stage",
+          "svi": "bnmf.refit(method='svi'), mean-field, two-stage"}
+
+
+def evaluate(W: pd.DataFrame, n: int, seed: int, methods=("gibbs", "nuts")) -> list[dict]:
     X, H = simulate(W, n, seed)
     truth = H / H.sum(axis=0) >= MIN_FRACTION
     rows = []
@@ -94,9 +104,7 @@ def evaluate(W: pd.DataFrame, n: int, seed: int, methods=("nuts", "svi")) -> lis
         for prob in (0.9, 0.5):
             lower, upper = (np.asarray(b) for b in calls.interval(prob))
             coverage[prob] = float(((H >= lower) & (H <= upper))[truth].mean())
-        label = "bnmf.refit (default: NUTS, hierarchical, two-stage)" if method == "nuts" \
-            else "bnmf.refit(method='svi'), mean-field, two-stage"
-        rows.append({"method": label, "seed": seed, "samples": n, "precision": precision,
+        rows.append({"method": LABELS[method], "seed": seed, "samples": n, "precision": precision,
                      "recall": recall, "coverage_90": coverage[0.9], "coverage_50": coverage[0.5],
                      "seconds": seconds, "divergences": calls.info.get("divergences", np.nan)})
         print(rows[-1], flush=True)
@@ -106,17 +114,24 @@ def evaluate(W: pd.DataFrame, n: int, seed: int, methods=("nuts", "svi")) -> lis
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small replicate, print only")
+    parser.add_argument("--samples", type=int, default=150, help="samples per replicate")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--large", type=int, default=300,
+                        help="samples of one more replicate (Gibbs only; 0: none)")
+    parser.add_argument("--svi", action="store_true", help="also run method='svi'")
     args = parser.parse_args(argv)
+    methods = ("gibbs", "nuts", "svi") if args.svi else ("gibbs", "nuts")
     if not ACTIVITIES.exists():
         sys.exit(f"missing data: {ACTIVITIES} (the shared PCAWG folder); nothing to run.")
     W = load_pcawg_signatures()
     if args.quick:
-        print(pd.DataFrame(evaluate(W, 40, 0)).to_string())
+        print(pd.DataFrame(evaluate(W, 40, 0, methods)).to_string())
         return
     rows = []
-    for seed in (0, 1, 2):
-        rows += evaluate(W, 150, seed)
-    rows += evaluate(W, 300, 3, methods=("nuts",))
+    for seed in args.seeds:
+        rows += evaluate(W, args.samples, seed, methods)
+    if args.large:
+        rows += evaluate(W, args.large, max(args.seeds) + 1, methods=("gibbs",))
     table = pd.DataFrame(rows)
     summary = table.groupby("method", sort=False)[
         ["precision", "recall", "coverage_90", "coverage_50", "seconds"]].mean()
@@ -124,7 +139,8 @@ def main(argv=None) -> None:
     out.parent.mkdir(exist_ok=True)
     with open(out, "w") as handle:
         handle.write("# Presence calls and exposure intervals on low-count catalogues\n\n")
-        handle.write("Made by `python experiments/calling.py` (see its docstring for the "
+        command = " ".join(["python experiments/calling.py", *(argv or sys.argv[1:])])
+        handle.write(f"Made by `{command}` (see its docstring for the "
                      "setting): catalogues of 100–5,000 mutations per sample simulated from "
                      "published PCAWG exposure patterns against the 65 PCAWG signatures; a "
                      "signature is active where its true share is ≥ 5%; bnmf calls it active "

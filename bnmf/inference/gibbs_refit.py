@@ -31,7 +31,6 @@ from ..models.refit import (
 from .common import Problem, RawPosterior, key_from_seed, progress_bar
 from .gibbs import CHUNK, _check_count, _entries
 from .gibbs_poisson import (
-    MAX_TOKENS,
     SHAPE_PROPOSAL,
     SHAPE_STEPS,
     allocation,
@@ -42,6 +41,10 @@ from .map import fit_map
 
 __all__ = ["RefitGibbsState", "fit_refit_gibbs", "refit_sweep"]
 
+# Counts up to this are split token by token. Higher than the NMF sampler's MAX_TOKENS: with
+# a reference of K parts (65 PCAWG signatures) a binomial split is K − 1 sequential binomial
+# draws per entry, slower than the tokens of any count a catalogue's entry usually holds.
+REFIT_MAX_TOKENS = 4096
 # Random-walk scale on log π_k: c / sqrt(α_π + n a_k), about 2.4 posterior sds (the
 # conditional's curvature in log π is about α_π + n a_k).
 SHARE_PROPOSAL = 2.4
@@ -129,7 +132,7 @@ def fit_refit_gibbs(
     num_samples: int = 500,
     num_chains: int = 4,
     thin: int = 1,
-    max_tokens: int = MAX_TOKENS,
+    max_tokens: int = REFIT_MAX_TOKENS,
     map_iter: int = 500,
     progress: bool | None = None,
 ) -> RawPosterior:
