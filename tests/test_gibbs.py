@@ -47,12 +47,37 @@ def test_splits_are_multinomial(count):
         bucket = alloc.tokens if alloc.tokens is not None else alloc.binomial
         split = gp.split_tokens if alloc.tokens is not None else gp.split_binomial
         with jax.threefry_partitionable(False):  # the sweep's stream
-            z = np.asarray(split(KEY, logW, logH, bucket), np.float64)[:n]  # without padding
+            z = np.asarray(jax.jit(split)(KEY, logW, logH, bucket), np.float64)[:n]  # no padding
         assert np.all(z.sum(axis=1) == count) and np.all(z >= 0)
         se = np.sqrt(count * p * (1 - p) / n)
         assert np.all(np.abs(z.mean(axis=0) - count * p) < 5 * se)
         cov = count * (np.diag(p) - np.outer(p, p))
         np.testing.assert_allclose(np.cov(z.T), cov, atol=0.05 * count, rtol=0.1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_token_split_at_extreme_probabilities(dtype):
+    """Components from probability ~1 down to e^-800 (log factors far apart), counts 1 to
+    256 (token rows, full and partly filled): every split is non-negative and sums to its
+    count, a component of probability below 2^-32 gets no token, a certain one gets them
+    all. (Binomial splits: test_splits_are_multinomial.)"""
+    jax.config.update("jax_enable_x64", dtype == jnp.float64)
+    try:
+        logW = jnp.asarray([[0.0, -700.0, -30.0, 0.0]], dtype)
+        logH = jnp.asarray(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0],
+                                     [-800.0, 0.0, 0.0]]).repeat(3, axis=1), dtype)
+        counts = np.array([1, 7, 8, 9, 255, 256, 17, 3, 1])
+        cols = np.arange(9)
+        alloc = gp.allocation(np.zeros(9, np.int64), cols, counts, dtype)
+        with jax.threefry_partitionable(False):
+            S_W, S_H = jax.jit(gp.latent_sums)(KEY, logW, logH, alloc)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    S_H = np.asarray(S_H, np.float64)
+    assert np.all(np.isfinite(S_H)) and np.all(S_H >= 0)
+    np.testing.assert_array_equal(S_H.sum(axis=0), counts)
+    assert S_H[1].sum() == 0 and S_H[2].sum() == 0  # e^-700 and e^-30 < 2^-32 of the rest
+    np.testing.assert_array_equal(S_H[0, :3], counts[:3])  # component 3 is e^-800 there
 
 
 # --------------------------------------------- conditionals against the model's log density

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models import PoissonGamma
-from ..models.hierarchical import HierarchicalPoissonGamma
-from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
 from ..models.base import capability, register_capability
 from ..models.counts import SparseCounts
+from ..models.hierarchical import HierarchicalPoissonGamma
+from ..models.poisson import poisson_counts
+from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
 from .gibbs_poisson import (
     MAX_TOKENS,
     Allocation,
@@ -32,10 +33,9 @@ from .gibbs_poisson import (
     update_shape_rate,
     update_W,
 )
-from ..models.poisson import poisson_counts
 from .map import fit_map
 
-__all__ = ["fit_gibbs", "gibbs_init", "gibbs_step", "GibbsState", "GIBBS_MODELS"]
+__all__ = ["GIBBS_MODELS", "GibbsState", "fit_gibbs", "gibbs_init", "gibbs_step"]
 
 GIBBS_MODELS = ("poisson", "poisson-hierarchical")
 # Sweeps per compiled chunk (one dispatch and one progress update each).
@@ -157,7 +157,7 @@ def _start_hyper(problem: Problem, W, H) -> dict:
 def chain_starts(problem: Problem, num_chains: int, init: str, seed: int, max_iter: int = 500):
     """W, H of each chain: MAP restarts of the plain Poisson–gamma model (the first from
     ``init``, the others from seeded random starts), stacked (chain, ...)."""
-    rows, cols, values = _entries(problem)
+    values = _entries(problem)[2]
     n_observed = (problem.X.shape[0] * problem.X.shape[1] - problem.X.hidden_rows.shape[0]
                   if isinstance(problem.X, SparseCounts) else int(np.asarray(problem.mask).sum()))
     start_problem = Problem(problem.X, problem.mask, problem.rank,
@@ -250,7 +250,7 @@ def fit_gibbs(
     while kept < num_samples:  # whole chunks of draws; the last one's surplus is dropped
         states, draws = _draws(states, data, thin, **flags)
         n = min(CHUNK, num_samples - kept)
-        chunks.append(jax.tree.map(lambda x: np.asarray(x[:, :n]), draws))
+        chunks.append(jax.tree.map(lambda x, n=n: np.asarray(x[:, :n]), draws))
         kept += n
         bar.update(n * thin)
     bar.close()
