@@ -1214,7 +1214,8 @@ def gibbs_section(result: dict) -> str:
         "*first call* is compilation plus one chunk of 50 sweeps. Several chains run in one "
         "compiled program (`lax.map` over chains on CPU, `vmap` on accelerators). Load "
         f"average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores, so the "
-        "milliseconds are those of a shared machine; the ratio is the comparable figure.",
+        "milliseconds are those of a shared machine and the ratio is of two timings under "
+        "the same load (scikit-learn's BLAS may suffer more from it than the Gibbs sweep).",
         "",
         "| chains | ms per sweep and chain | × one MU iteration | first call s |",
         "|---|---|---|---|",
