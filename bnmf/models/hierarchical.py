@@ -1,4 +1,4 @@
-"""Poisson NMF with gamma priors whose shapes and rates are learned per component.
+r"""Poisson NMF with gamma priors whose shapes and rates are learned per component.
 
 A fixed gamma shape is the wrong prior for most real parts: a sparse signature (Dirichlet(0.1))
 needs a shape near 0.1, a flat one (Dirichlet(1.5)) a shape above 1, and exposures may be
