@@ -328,10 +328,11 @@ def test_map_is_finite_at_small_and_large_counts(dtype, scale, tmp_path):
     assert np.all(np.isfinite(loaded.log_likelihood()))
 
 
+@pytest.mark.slow  # compiles the batched negbin MAP at two ranks (~80 s under load)
 def test_select_rank_fits_the_negbin_model():
     X, _, _ = _nb_data(F=20, N=40, K=2, counts=800.0)
-    sel = bnmf.select_rank(X, ranks=[1, 2, 3], model="negbin", method="map", folds=2,
+    sel = bnmf.select_rank(X, ranks=[1, 2], model="negbin", method="map", folds=2,
                            restarts=1, progress=False)
-    assert sel.best_rank in (1, 2, 3)
+    assert sel.best_rank == 2  # the true rank
     assert sel.fits[2].idata.posterior["phi"].shape[2:] == (20,)
     assert np.all(np.isfinite(sel.table["heldout_lpd"]))
