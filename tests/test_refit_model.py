@@ -208,3 +208,21 @@ def test_refit_model_capabilities_and_default_method():
     # what refit(method=None) runs: NUTS on small cohorts, Gibbs at cohort scale
     assert default_method(model, (25, 12), 4, {}, fixed_W=True)[0] == "nuts"
     assert default_method(model, (96, 150), 65, {}, fixed_W=True)[0] == "gibbs"
+
+
+def test_map_start_with_more_reference_parts_than_samples():
+    """A refit may use more parts than samples (65 PCAWG signatures, 20 genomes): the start
+    of H has one row per part, flat at the data's scale (a factorization start would cap
+    the rank at min(X.shape))."""
+    from bnmf.inference.map import map_start
+    from bnmf.models import PoissonGamma
+
+    rng = np.random.default_rng(1)
+    W = rng.dirichlet(np.full(96, 0.3), 65).T
+    X = rng.poisson(20.0, (96, 20)).astype(np.float32)
+    problem = Problem(jnp.asarray(X), jnp.ones(X.shape, bool), 65, PoissonGamma(),
+                      jnp.asarray(W, jnp.float32))
+    W0, H0 = map_start(problem, "nndsvda", 0)
+    assert W0.shape == (96, 65) and H0.shape == (65, 20)
+    np.testing.assert_allclose(np.asarray(W0), W, rtol=1e-6)
+    assert np.allclose(np.asarray(H0), X.mean() / W.sum(axis=0).mean())

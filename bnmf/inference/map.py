@@ -143,20 +143,26 @@ def _generic_map(problem: Problem, init_values: dict, max_iter, tol, progress, l
 # ------------------------------------------------------------------------------- public
 def map_start(problem: Problem, init: str, seed: int):
     """Starting W (n_features, rank) and H (rank, n_samples) as arrays of X's dtype."""
+    fixed = problem.W_fixed is not None
     if problem.sparse:
         X = to_scipy(problem.X)
         hidden = (np.asarray(problem.X.hidden_rows), np.asarray(problem.X.hidden_cols))
-        W, H = sparse_starting_point(X, hidden, problem.rank, init, seed)
+        if not fixed:
+            W, H = sparse_starting_point(X, hidden, problem.rank, init, seed)
         observed_mean = X.sum() / (X.shape[0] * X.shape[1] - hidden[0].size)
     else:
         # in the fit's precision (float32 by default): a float64 copy of a large X costs more
         # than the start itself
         X, M = np.asarray(problem.X), np.asarray(problem.mask)
-        W, H = starting_point(X, M, problem.rank, init, seed)
+        if not fixed:
+            W, H = starting_point(X, M, problem.rank, init, seed)
         observed_mean = X.mean() if M.all() else X[M].mean()  # no boolean copy of X
-    if problem.W_fixed is not None:
+    if fixed:
+        # W given: H flat at the data's scale (a factorization start would also cap the rank
+        # at min(X.shape), while a refit may use more reference parts than samples)
         W = np.asarray(problem.W_fixed, dtype=np.float64)
-        H = np.full_like(H, observed_mean / max(W.sum(axis=0).mean(), 1e-300))
+        H = np.full((problem.rank, X.shape[1]),
+                    observed_mean / max(W.sum(axis=0).mean(), 1e-300))
     dtype = problem.X.dtype
     return to_device(W, dtype), to_device(H, dtype)
 
