@@ -41,6 +41,7 @@ from .posterior import (
     MCMC_METHODS,
     BnmfWarning,
     Fit,
+    PosteriorMetadata,
     _bnmf_version,
     _jsonable,
     align_draws,
@@ -354,7 +355,7 @@ def build_multiview_idata(raw: RawPosterior, views: dict, model: MultiView, rank
 
 # ------------------------------------------------------------------------------ result
 @dataclass(frozen=True)
-class MultiViewFit:
+class MultiViewFit(PosteriorMetadata):
     """A fitted joint multi-view NMF (build with ``bnmf.fit({view: X, ...}, rank)``; reload
     with :func:`bnmf.load`).
 
@@ -373,37 +374,9 @@ class MultiViewFit:
     idata: object
 
     @property
-    def _posterior(self) -> xr.Dataset:
-        return arviz_group(self.idata, "posterior")
-
-    @property
-    def _attrs(self) -> dict:
-        return self._posterior.attrs
-
-    @property
-    def method(self) -> str:
-        return self._attrs["method"]
-
-    @property
-    def rank(self) -> int:
-        return int(self._attrs["rank"])
-
-    @property
-    def seed(self) -> int:
-        return int(self._attrs["seed"])
-
-    @property
-    def info(self) -> dict:
-        return json.loads(self._attrs["inference_info"])
-
-    @property
     def elbo(self) -> float | None:
         value = float(self._attrs["elbo"])
         return None if np.isnan(value) else value
-
-    @property
-    def losses(self) -> np.ndarray:
-        return arviz_group(self.idata, "sample_stats")["loss"].values
 
     @property
     def model(self) -> MultiView:

@@ -25,6 +25,7 @@ from .inference.network import (
 )
 from .models.network import NetworkGamma, graph_arrays
 from .posterior import (
+    PosteriorMetadata,
     _bnmf_version,
     _jsonable,
     align_permutation,
@@ -202,7 +203,7 @@ def build_network_idata(raw, graph: Graph, model: NetworkGamma, rank: int, meta:
 
 # ------------------------------------------------------------------------------ the result
 @dataclass(frozen=True)
-class NetworkFit:
+class NetworkFit(PosteriorMetadata):
     """Fitted community memberships of a graph (build with :func:`fit_network`; reload with
     :func:`bnmf.load`).
 
@@ -219,22 +220,6 @@ class NetworkFit:
     idata: object
 
     @property
-    def _posterior(self) -> xr.Dataset:
-        return arviz_group(self.idata, "posterior")
-
-    @property
-    def _attrs(self) -> dict:
-        return self._posterior.attrs
-
-    @property
-    def method(self) -> str:
-        return self._attrs["method"]
-
-    @property
-    def rank(self) -> int:
-        return int(self._attrs["rank"])
-
-    @property
     def model(self) -> NetworkGamma:
         """The model with its resolved (data-driven) rate."""
         return NetworkGamma(**json.loads(self._attrs["model_params"]))
@@ -242,14 +227,6 @@ class NetworkFit:
     @property
     def directed(self) -> bool:
         return self.model.directed
-
-    @property
-    def info(self) -> dict:
-        return json.loads(self._attrs["inference_info"])
-
-    @property
-    def losses(self) -> np.ndarray:
-        return arviz_group(self.idata, "sample_stats")["loss"].values
 
     @property
     def nodes(self) -> pd.Index:

@@ -30,7 +30,7 @@ from .inference.common import numerics
 from .models import MODELS
 from .models.base import site_dims, to_numpyro_layout
 
-__all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "align_permutation", "compare",
+__all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "PosteriorMetadata", "align_permutation", "compare",
            "convergence_diagnostics", "dispersion_statistic", "load", "normalize", "read_anndata",
            "to_arviz"]
 
@@ -346,8 +346,47 @@ def _jsonable(info: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in info.items()}
 
 
+class PosteriorMetadata:
+    """What every bnmf fit object reads from the attributes of its ``idata``'s posterior group
+    (method, rank, seed, what the inference reported, its loss trace); :class:`Fit`,
+    :class:`bnmf.NetworkFit` and :class:`bnmf.MultiViewFit` share it."""
+
+    idata: object
+
+    @property
+    def _posterior(self) -> xr.Dataset:
+        return arviz_group(self.idata, "posterior")
+
+    @property
+    def _attrs(self) -> dict:
+        return self._posterior.attrs
+
+    @property
+    def method(self) -> str:
+        return self._attrs["method"]
+
+    @property
+    def rank(self) -> int:
+        return int(self._attrs["rank"])
+
+    @property
+    def seed(self) -> int:
+        return int(self._attrs["seed"])
+
+    @property
+    def info(self) -> dict:
+        """What the inference reported: algorithm, iterations, convergence, ..."""
+        return json.loads(self._attrs["inference_info"])
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Optimisation trace: negative log joint (MAP), negative ELBO (SVI), potential energy
+        (NUTS), negative log joint per draw (Gibbs)."""
+        return arviz_group(self.idata, "sample_stats")["loss"].values
+
+
 @dataclass(frozen=True)
-class Fit:
+class Fit(PosteriorMetadata):
     """A fitted Bayesian NMF: posterior draws of W and H and what is computed from them.
 
     Build one with :func:`bnmf.fit`; reload one with :func:`bnmf.load`.
@@ -365,43 +404,17 @@ class Fit:
 
     idata: object
 
-    # ---- metadata
-    @property
-    def _attrs(self) -> dict:
-        return arviz_group(self.idata, "posterior").attrs
-
-    @property
-    def method(self) -> str:
-        return self._attrs["method"]
-
-    @property
-    def rank(self) -> int:
-        return int(self._attrs["rank"])
-
-    @property
-    def seed(self) -> int:
-        return int(self._attrs["seed"])
-
+    # ---- metadata (method, rank, seed, info, losses: PosteriorMetadata)
     @property
     def model(self):
         """The model object with its resolved (data-driven) hyperparameters."""
         return MODELS[self._attrs["model"]](**json.loads(self._attrs["model_params"]))
 
     @property
-    def info(self) -> dict:
-        """What the inference reported: algorithm, iterations, convergence, ..."""
-        return json.loads(self._attrs["inference_info"])
-
-    @property
     def elbo(self) -> float | None:
         """Final ELBO estimate (SVI), else None."""
         value = float(self._attrs["elbo"])
         return None if np.isnan(value) else value
-
-    @property
-    def losses(self) -> np.ndarray:
-        """Optimisation trace: negative log joint (MAP), negative ELBO (SVI), potential energy (NUTS)."""
-        return arviz_group(self.idata, "sample_stats")["loss"].values
 
     # ---- draws and summaries
     def _draws(self, name: str) -> np.ndarray:
