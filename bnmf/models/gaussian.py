@@ -75,6 +75,19 @@ def half_normal_scale_for_mean(mean: float) -> float:
     return mean * math.sqrt(math.pi / 2.0)
 
 
+def fill_half_normal_scales(model, data: Data, rank: int):
+    """``model`` with its unset ``scale_W``, ``scale_H`` (half-normal scales whose means
+    balance ``mean(X)`` at this rank) and ``scale_sigma`` (the data's spread) filled in; every
+    model with half-normal factor priors resolves through it."""
+    scale = half_normal_scale_for_mean(balanced_mean(data, rank))
+    return dataclasses.replace(
+        model,
+        scale_W=model.scale_W if model.scale_W is not None else scale,
+        scale_H=model.scale_H if model.scale_H is not None else scale,
+        scale_sigma=model.scale_sigma if model.scale_sigma is not None else observed_std(data),
+    )
+
+
 @hyperparameter_pytree
 @dataclass(frozen=True)
 class GaussianHalfNormal:
@@ -117,13 +130,7 @@ class GaussianHalfNormal:
 
     def resolve(self, data: Data, rank: int) -> "GaussianHalfNormal":
         """Fill unset scales from the data."""
-        scale = half_normal_scale_for_mean(balanced_mean(data, rank))
-        return dataclasses.replace(
-            self,
-            scale_W=self.scale_W if self.scale_W is not None else scale,
-            scale_H=self.scale_H if self.scale_H is not None else scale,
-            scale_sigma=self.scale_sigma if self.scale_sigma is not None else observed_std(data),
-        )
+        return fill_half_normal_scales(self, data, rank)
 
     def numpyro_model(self, X, mask, rank: int, W=None):
         """NumPyro model of X (n_features, n_samples); pass ``W`` to keep it fixed."""

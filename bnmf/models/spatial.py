@@ -45,7 +45,6 @@ in the form of Cai et al. 2011's graph-regularised NMF, damped by the midpoint b
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -64,19 +63,17 @@ from .base import (
     W_SITE,
     MapUpdate,
     Site,
-    balanced_mean,
     hyperparameter_pytree,
     observe,
-    observed_std,
     register_capability,
     sample_H,
     sample_W,
 )
 from .gaussian import (
     _noise_mode,
+    fill_half_normal_scales,
     gaussian_log_likelihood,
     half_normal_log_density,
-    half_normal_scale_for_mean,
     rms_residual,
 )
 from .poisson import poisson_log_likelihood, poisson_rate
@@ -234,13 +231,7 @@ class SpatialNMF:
         if self.n_nodes != n_samples:
             raise ValueError(f"the neighbour graph has {self.n_nodes} nodes but X has "
                              f"{n_samples} samples (columns); they must match.")
-        scale = half_normal_scale_for_mean(balanced_mean(data, rank))
-        return dataclasses.replace(
-            self,
-            scale_W=self.scale_W if self.scale_W is not None else scale,
-            scale_H=self.scale_H if self.scale_H is not None else scale,
-            scale_sigma=self.scale_sigma if self.scale_sigma is not None else observed_std(data),
-        )
+        return fill_half_normal_scales(self, data, rank)
 
     def numpyro_model(self, X, mask, rank: int, W=None):
         """NumPyro model of X (n_features, n_samples); pass ``W`` to keep it fixed."""
