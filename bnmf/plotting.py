@@ -8,8 +8,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["SBS96_COLOURS", "is_sbs96", "plot_bootstrap", "plot_dispersion", "plot_exposures",
-           "plot_memberships", "plot_parts", "plot_ppc", "plot_top_features",
+__all__ = ["SBS96_COLOURS", "abundance_draws", "is_sbs96", "plot_abundance_maps",
+           "plot_bootstrap", "plot_dispersion", "plot_exposures", "plot_memberships",
+           "plot_multiview_parts", "plot_parts", "plot_ppc", "plot_top_features",
            "reference_matches"]
 
 # The standard colours of the six substitution classes in COSMIC's SBS96 plots.
@@ -75,6 +76,60 @@ def _trinucleotide(label) -> str:
     return left + substitution[0] + right
 
 
+def _part_panel(ax, W: pd.DataFrame, lower, upper, component, matches, top: int,
+                class_labels: bool = False) -> None:
+    """One part (column ``component`` of ``W``, features × parts) as bars on ``ax``: all 96
+    channels in COSMIC order and colours for SBS96, else the ``top`` largest features; with
+    ``lower``/``upper`` (DataFrames like ``W``) as whiskers, and the best reference match of
+    ``matches`` (from :func:`reference_matches`) written in the corner."""
+    column = W[component]
+    sbs96 = is_sbs96(W.index)
+    if sbs96:
+        order = _sbs96_order(W.index)
+        substitution = [_SBS96_PATTERN.match(str(c)).group(2) for c in W.index[order]]
+        colours = [SBS96_COLOURS[s] for s in substitution]
+    else:
+        order = np.argsort(-column.to_numpy())[:top]
+        colours = "tab:blue"
+    x = np.arange(len(order))
+    heights = column.to_numpy()[order]
+    if lower is not None:
+        errors = np.vstack([heights - lower[component].to_numpy()[order],
+                            upper[component].to_numpy()[order] - heights])
+        ax.bar(x, heights, color=colours, yerr=np.maximum(errors, 0), ecolor="0.3",
+               error_kw={"elinewidth": 0.6, "capsize": 0})
+    else:
+        ax.bar(x, heights, color=colours)
+    if matches is not None and component in matches.index:
+        ax.text(0.995, 0.9, f"best match {matches.loc[component, 'reference']} "
+                f"(cosine {matches.loc[component, 'cosine']:.2f})", transform=ax.transAxes,
+                ha="right", va="top", fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
+    ax.set_xlim(-0.7, len(order) - 0.3)
+    if sbs96:
+        ax.set_xticks(x, [_trinucleotide(c) for c in W.index[order]], rotation=90,
+                      fontsize=5.5, family="monospace")
+        for i, (substitution_class, colour) in enumerate(SBS96_COLOURS.items()):
+            ax.axvspan(16 * i - 0.5, 16 * i + 15.5, ymin=0.97, ymax=1.0, color=colour,
+                       clip_on=False)
+            if class_labels:
+                ax.text(16 * i + 7.5, 1.04, substitution_class, transform=ax.get_xaxis_transform(),
+                        ha="center", va="bottom", fontsize=9)
+    else:
+        ax.set_xticks(x, [str(label) for label in W.index[order]], rotation=90, fontsize=7)
+
+
+def _parts_summary(fit, prob: float | None):
+    """(W, lower, upper) of a Fit as DataFrames (features × parts, columns summing to 1); the
+    bounds are None for a point estimate or ``prob=None``."""
+    W = fit.W
+    W = _as_frame(W, range(W.shape[0]), range(W.shape[1]))
+    if prob is None or fit.num_draws < 2:
+        return W, None, None
+    low, high = fit.interval(prob)["W"]
+    return W, _as_frame(low, W.index, W.columns), _as_frame(high, W.index, W.columns)
+
+
 def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None, reference="auto"):
     """Bar chart of each part (column of W) with ``prob`` credible-interval whiskers.
 
@@ -94,53 +149,16 @@ def plot_parts(fit, prob: float | None = 0.9, top: int = 20, components=None, re
     -------
     matplotlib.figure.Figure
     """
-    W = fit.W
-    W = _as_frame(W, range(W.shape[0]), range(W.shape[1]))
+    W, lower, upper = _parts_summary(fit, prob)
     matches = reference_matches(W, reference)
-    lower = upper = None
-    if prob is not None and fit.num_draws > 1:
-        low, high = fit.interval(prob)["W"]
-        lower, upper = _as_frame(low, W.index, W.columns), _as_frame(high, W.index, W.columns)
     components = list(W.columns if components is None else components)
     sbs96 = is_sbs96(W.index)
     fig, axes = plt.subplots(len(components), 1, figsize=(12 if sbs96 else 8, 1.9 * len(components)),
                              squeeze=False, constrained_layout=True)
     for ax, component in zip(axes[:, 0], components):
-        column = W[component]
-        if sbs96:
-            order = _sbs96_order(W.index)
-            substitution = [_SBS96_PATTERN.match(str(c)).group(2) for c in W.index[order]]
-            colours = [SBS96_COLOURS[s] for s in substitution]
-        else:
-            order = np.argsort(-column.to_numpy())[:top]
-            colours = "tab:blue"
-        x = np.arange(len(order))
-        heights = column.to_numpy()[order]
-        if lower is not None:
-            errors = np.vstack([heights - lower[component].to_numpy()[order],
-                                upper[component].to_numpy()[order] - heights])
-            ax.bar(x, heights, color=colours, yerr=np.maximum(errors, 0), ecolor="0.3",
-                   error_kw={"elinewidth": 0.6, "capsize": 0})
-        else:
-            ax.bar(x, heights, color=colours)
+        _part_panel(ax, W, lower, upper, component, matches, top,
+                    class_labels=component == components[0])
         ax.set_ylabel(f"part {component}")
-        if matches is not None and component in matches.index:
-            ax.text(0.995, 0.9, f"best match {matches.loc[component, 'reference']} "
-                    f"(cosine {matches.loc[component, 'cosine']:.2f})", transform=ax.transAxes,
-                    ha="right", va="top", fontsize=9,
-                    bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
-        ax.set_xlim(-0.7, len(order) - 0.3)
-        if sbs96:
-            ax.set_xticks(x, [_trinucleotide(c) for c in W.index[order]], rotation=90,
-                          fontsize=5.5, family="monospace")
-            for i, (substitution_class, colour) in enumerate(SBS96_COLOURS.items()):
-                ax.axvspan(16 * i - 0.5, 16 * i + 15.5, ymin=0.97, ymax=1.0, color=colour,
-                           clip_on=False)
-                if component == components[0]:
-                    ax.text(16 * i + 7.5, 1.04, substitution_class, transform=ax.get_xaxis_transform(),
-                            ha="center", va="bottom", fontsize=9)
-        else:
-            ax.set_xticks(x, [str(label) for label in W.index[order]], rotation=90, fontsize=7)
     title = "parts (columns of W, each summing to 1)"
     if lower is not None:
         title += f" with {round(100 * prob)}% credible intervals"
@@ -502,4 +520,200 @@ def plot_memberships(fit, prob: float = 0.9, groups=None, which: str | None = No
     axes[2].set_title("P(main)", fontsize=9)
     fig.suptitle(f"{len(names)} nodes × {fit.rank} communities ({fit.method}); orange: "
                  f"ambiguous at {round(100 * prob)}%", fontsize=10)
+    return fig
+
+
+def _check_prob(prob) -> None:
+    if prob is not None and not 0 < prob < 1:
+        raise ValueError(f"prob must lie in (0, 1) or be None, got {prob!r}.")
+
+
+def plot_multiview_parts(fit, prob: float | None = 0.9, top: int = 20, components=None,
+                         views=None, reference="auto"):
+    """The parts of a joint multi-view fit side by side: one panel column per view, one row
+    per component (component k of every view shares the row k of H).
+
+    Each view's part is drawn as :func:`plot_parts` draws one (SBS96 views over all 96
+    channels in the class colours, other views their ``top`` features), normalized to sum 1
+    within the view (:meth:`MultiViewFit.view_fit`), with ``prob`` credible-interval whiskers
+    where the fit has draws.
+
+    Parameters
+    ----------
+    fit : MultiViewFit
+    prob : float or None
+        Interval probability; None (or a MAP fit) draws no whiskers.
+    components : list of int, optional
+        Rows to draw (default all).
+    views : list of str, optional
+        Columns to draw, in order (default all views).
+    reference : "auto", DataFrame, None, or dict {view: one of those}
+        Reference parts per view (:func:`reference_matches`); "auto" names SBS96 views'
+        parts by the bundled PCAWG signatures.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from .multiview import MultiViewFit
+
+    if not isinstance(fit, MultiViewFit):
+        raise TypeError(f"plot_multiview_parts takes a MultiViewFit (bnmf.fit with a dict of "
+                        f"views), got {type(fit).__name__}; use plot_parts for one matrix.")
+    _check_prob(prob)
+    views = list(fit.views if views is None else views)
+    unknown = [v for v in views if v not in fit.views]
+    if unknown or not views:
+        raise ValueError(f"views {unknown} are not in the fit; it has views {fit.views}.")
+    references = reference if isinstance(reference, dict) else {v: reference for v in views}
+    components = list(range(fit.rank) if components is None else components)
+    bad = [k for k in components if not (isinstance(k, (int, np.integer)) and 0 <= k < fit.rank)]
+    if bad or not components:
+        raise ValueError(f"components must be integers in 0..{fit.rank - 1}, got {bad or components}.")
+    summaries = {v: _parts_summary(fit.view_fit(v), prob) for v in views}
+    widths = [12 if is_sbs96(summaries[v][0].index) else 5 for v in views]
+    fig, axes = plt.subplots(len(components), len(views), squeeze=False,
+                             figsize=(sum(widths) * 0.8, 1.9 * len(components)),
+                             gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+    for column, view in enumerate(views):
+        W, lower, upper = summaries[view]
+        matches = reference_matches(W, references.get(view, "auto"))
+        for row, component in enumerate(components):
+            ax = axes[row, column]
+            _part_panel(ax, W, lower, upper, component, matches, top, class_labels=row == 0)
+            if column == 0:
+                ax.set_ylabel(f"part {component}")
+            if row == 0:
+                ax.set_title(f"view {view!r} ({W.shape[0]} features)", fontsize=10, pad=18)
+    title = f"{fit.rank} components shared by {len(fit.views)} views ({fit.method})"
+    if summaries[views[0]][1] is not None:
+        title += f", {round(100 * prob)}% credible intervals"
+    fig.suptitle(title)
+    return fig
+
+
+def abundance_draws(fit, scale=None, normalize: bool = True) -> np.ndarray:
+    """Per posterior draw, each sample's abundances: ``H`` (draws, rank, n_samples), each
+    row divided by ``scale`` (rank,) first when given (e.g. the endmembers' column sums, to
+    read H in the endmembers' units rather than in those of W's columns summing to 1), and
+    with ``normalize`` divided by its sum over components per sample (shares summing to 1).
+    """
+    from .posterior import arviz_group
+
+    H = np.asarray(arviz_group(fit.idata, "posterior")["H"].values, dtype=np.float64)
+    H = H.reshape((-1,) + H.shape[2:])
+    if scale is not None:
+        scale = np.asarray(scale, dtype=np.float64)
+        if scale.shape != (H.shape[1],) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError(f"scale must be {H.shape[1]} positive finite numbers (one per "
+                             f"component), got shape {scale.shape}.")
+        H = H / scale[:, None]
+    if normalize:
+        H = H / np.maximum(H.sum(axis=1, keepdims=True), 1e-300)
+    return H
+
+
+def _sample_layout(fit, n_samples: int, shape, coords):
+    """("grid", (n_rows, n_cols)) or ("coords", (n_samples, 2) array) for the maps."""
+    if shape is not None and coords is not None:
+        raise ValueError("give shape= (samples on a grid) or coords= (sample positions), not "
+                         "both.")
+    if shape is not None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 2 or shape[0] * shape[1] != n_samples:
+            raise ValueError(f"shape must be (n_rows, n_cols) with n_rows × n_cols = the fit's "
+                             f"{n_samples} samples, got {shape}.")
+        return "grid", shape
+    if coords is None:
+        coords = getattr(fit.model, "coords", None)
+        if coords is None:
+            raise ValueError("give shape=(n_rows, n_cols) for samples that are pixels of an "
+                             "image, or coords= (n_samples, 2); this fit's model keeps no "
+                             "coords.")
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.shape != (n_samples, 2) or not np.all(np.isfinite(coords)):
+        raise ValueError(f"coords must be a finite ({n_samples}, 2) array of sample positions, "
+                         f"got shape {coords.shape}.")
+    return "coords", coords
+
+
+def plot_abundance_maps(fit, shape=None, prob: float | None = 0.9, components=None, *,
+                        coords=None, order: str = "C", scale=None, normalize: bool = True,
+                        names=None, point_size: float = 12.0):
+    """Maps of each component's abundance over samples that are pixels or spots: per
+    component (one row each) the posterior mean abundance (left) and the width of its
+    ``prob`` credible interval (right; omitted for a MAP fit or ``prob=None``).
+
+    Abundances are :func:`abundance_draws` (by default each sample's shares of the
+    components, summing to 1), summarized over draws: mean, and upper minus lower
+    equal-tailed ``prob`` quantile.
+
+    Parameters
+    ----------
+    fit : Fit
+        Samples (columns of X) are the pixels or spots.
+    shape : (n_rows, n_cols), optional
+        The image's shape, for samples that are its pixels numbered in ``order`` ("C":
+        row-major, "F": column-major as MATLAB stores images).
+    coords : array of shape (n_samples, 2), optional
+        Sample positions, drawn as a scatter; default ``fit.model.coords`` (a
+        ``model="spatial"`` fit given ``coords=``) when ``shape`` is not given.
+    components : list of int, optional
+    scale, normalize
+        As for :func:`abundance_draws`.
+    names : list of str, optional
+        A name per drawn component (e.g. the matched material), for the row labels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    _check_prob(prob)
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' (row-major) or 'F' (column-major), got {order!r}.")
+    draws = abundance_draws(fit, scale, normalize)           # (draws, rank, n_samples)
+    rank, n_samples = draws.shape[1:]
+    layout, where = _sample_layout(fit, n_samples, shape, coords)
+    components = list(range(rank) if components is None else components)
+    bad = [k for k in components if not (isinstance(k, (int, np.integer)) and 0 <= k < rank)]
+    if bad or not components:
+        raise ValueError(f"components must be integers in 0..{rank - 1}, got {bad or components}.")
+    if names is not None and len(names) != len(components):
+        raise ValueError(f"names must give one name per drawn component ({len(components)}), "
+                         f"got {len(names)}.")
+    mean = draws.mean(axis=0)
+    width = None
+    if prob is not None and draws.shape[0] > 1:
+        lower, upper = np.quantile(draws, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        width = upper - lower
+    panels = [("posterior mean" if draws.shape[0] > 1 else "point estimate", mean, "viridis")]
+    if width is not None:
+        panels.append((f"{round(100 * prob)}% interval width", width, "magma_r"))
+    if layout == "grid":
+        aspect = where[1] / where[0]
+    else:
+        span = np.ptp(where, axis=0)
+        aspect = span[0] / span[1] if span[1] > 0 else 1.0
+    fig, axes = plt.subplots(len(components), len(panels), squeeze=False,
+                             figsize=(3.2 * len(panels) * min(max(aspect, 0.5), 2.0) + 1.0,
+                                      2.9 * len(components)), constrained_layout=True)
+    top = 1.0 if normalize else float(mean[components].max())
+    for row, k in enumerate(components):
+        label = f"component {k}" + (f": {names[row]}" if names is not None else "")
+        for column, (title, value, cmap) in enumerate(panels):
+            ax = axes[row, column]
+            vmax = top if column == 0 else max(float(width[components].max()), 1e-12)
+            if layout == "grid":
+                image = ax.imshow(value[k].reshape(where, order=order), cmap=cmap, vmin=0,
+                                  vmax=vmax, interpolation="nearest")
+            else:
+                image = ax.scatter(where[:, 0], where[:, 1], c=value[k], cmap=cmap, vmin=0,
+                                   vmax=vmax, s=point_size, marker="s", linewidths=0)
+                ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{label}, {title}" if column == 0 else title, fontsize=9)
+            fig.colorbar(image, ax=ax, shrink=0.8)
+    what = "shares (summing to 1 per sample)" if normalize else "activities"
+    fig.suptitle(f"{fit.model.name} model ({fit.method}): abundance {what}, {n_samples} samples")
     return fig
