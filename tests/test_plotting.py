@@ -12,25 +12,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.container import BarContainer  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer
 
-import bnmf  # noqa: E402
-from bnmf.datasets import load_breast21  # noqa: E402
-from bnmf.data import prepare  # noqa: E402
-from bnmf.inference import RawPosterior  # noqa: E402
-from bnmf.models import get_model  # noqa: E402
-from bnmf.models.multiview import MultiView  # noqa: E402
-from bnmf.multiview import MultiViewFit, align_views, build_multiview_idata  # noqa: E402
-from bnmf.plotting import (  # noqa: E402
+import bnmf
+from bnmf.data import prepare
+from bnmf.datasets import load_breast21
+from bnmf.inference import RawPosterior
+from bnmf.models import get_model
+from bnmf.models.multiview import MultiView
+from bnmf.multiview import MultiViewFit, align_views, build_multiview_idata
+from bnmf.plotting import (
     abundance_draws,
     plot_abundance_maps,
     plot_multiview_parts,
 )
-from bnmf.posterior import Fit, build_idata  # noqa: E402
+from bnmf.posterior import Fit, build_idata
 
 RANK, DRAWS = 2, 30
 
