@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import bnmf
@@ -25,8 +24,8 @@ import bnmf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _markdown import markdown_table  # noqa: E402
-from helpers import simulate  # noqa: E402
+from _markdown import markdown_table
+from helpers import simulate
 
 
 def main():
@@ -37,12 +36,21 @@ def main():
     parser.add_argument("--ranks", default="3,5,8")
     parser.add_argument("--depths", default="100,2000")
     parser.add_argument("--datasets", type=int, default=3)
+    parser.add_argument("--only", default=None,
+                        help="run only these rank:depth:data_set triples, e.g. 8:100:2,3:2000:0")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of results/ard.csv and replace those rerun")
     args = parser.parse_args()
     out = HERE / "results"
+    only = None if args.only is None else {tuple(map(int, t.split(":")))
+                                           for t in args.only.split(",")}
+    kept = pd.read_csv(out / "ard.csv") if args.append else pd.DataFrame()
     rows = []
     for depth in map(int, args.depths.split(",")):
         for rank in map(int, args.ranks.split(",")):
             for rep in range(args.datasets):
+                if only is not None and (rank, depth, rep) not in only:
+                    continue
                 X, _, _ = simulate(96, 300, rank, depth, seed=1000 * rank + rep)
                 start = time.perf_counter()
                 fit = bnmf.fit(X, 2 * rank + 2, model="ard", seed=rep,
@@ -60,22 +68,31 @@ def main():
                                                      if p >= 0.05)
                 rows.append(row)
                 print(row, flush=True)
-                table = pd.DataFrame(rows)
+                table = merged(kept, pd.DataFrame(rows))
                 table.to_csv(out / "ard.csv", index=False)
                 write_markdown(table, args, out / "ard.md")
 
 
+def merged(kept: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``kept`` not rerun in ``new``, then ``new``, sorted by depth, rank, data set."""
+    key = ["true_rank", "counts_per_sample", "data_set"]
+    if len(kept):
+        rerun = kept.set_index(key).index.isin(new.set_index(key).index)
+        new = pd.concat([kept[~rerun], new], ignore_index=True)
+    return new.sort_values(["counts_per_sample", "true_rank", "data_set"], ignore_index=True)
+
+
 def write_markdown(table: pd.DataFrame, args, path: Path) -> None:
     lines = ["# ARD: the posterior of the rank", "",
-             f"Command: `nice -n 10 python experiments/ard.py --warmup {args.warmup} "
+             (f"Command: `nice -n 10 python experiments/ard.py --warmup {args.warmup} "
              f"--samples {args.samples} --chains {args.chains}` ({platform.machine()}, "
-             "2 shared CPU cores).", "",
-             "Data: 96 × 300 Poisson counts simulated by `tests/helpers.simulate` (parts "
+             "2 shared CPU cores)."), "",
+             ("Data: 96 × 300 Poisson counts simulated by `tests/helpers.simulate` (parts "
              "Gamma(0.5) normalized, activities Dirichlet(1) × depth), seed 1000·rank + data set. "
              "Fit: `bnmf.fit(X, 2·rank + 2, model=\"ard\")`, Gibbs sampling started at the ARD "
              "MAP. A component is active in a draw when it carries at least 1% (or 2%) of the "
              "expected total count; `P(rank)` lists the posterior probabilities ≥ 0.05 of each "
-             "number of active components.", ""]
+             "number of active components."), ""]
     for share in ("1%", "2%"):
         hit = table[f"mode@{share}"] == table["true_rank"]
         confident = table[f"P(true)@{share}"] >= 0.5
