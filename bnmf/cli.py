@@ -62,6 +62,20 @@ def enable_compilation_cache(environ=None) -> str | None:
     return folder
 
 
+def _diagnostics_line(summary: dict, num_chains) -> str:
+    """The chains' convergence in one line: worst split R-hat and ESS of the normalized W and
+    H, and the share of entries past the thresholds of :mod:`bnmf.posterior`."""
+    from .posterior import ESS_MIN, RHAT_MAX
+
+    chains = f"{num_chains} chains; " if num_chains else ""
+    parts = [f"{name}: R-hat max {summary[f'rhat_max_{name}']:.3f} "
+             f"({summary[f'rhat_above_{RHAT_MAX}_{name}']:.1%} > {RHAT_MAX}), "
+             f"ESS min {summary[f'ess_min_{name}']:.0f} "
+             f"({summary[f'ess_below_{ESS_MIN}_{name}']:.1%} < {ESS_MIN})"
+             for name in ("W", "H")]
+    return "convergence: " + chains + "; ".join(parts)
+
+
 def _summary(fit, top: int = 5) -> str:
     """A short text summary: what ran, and each part's top features with 90% intervals; SBS96
     parts are named by their one-to-one best match among the bundled PCAWG signatures."""
@@ -76,6 +90,8 @@ def _summary(fit, top: int = 5) -> str:
         lines.append(f"inference: {info['algorithm']}, {info['iterations']} iterations, {status}")
     if "divergences" in info:
         lines.append(f"NUTS: {info['divergences']} divergent transitions")
+    if "diagnostics" in info:
+        lines.append(_diagnostics_line(info["diagnostics"], info.get("num_chains")))
     if fit.elbo is not None:
         lines.append(f"ELBO: {fit.elbo:.6g}")
     W = fit.W

@@ -193,3 +193,22 @@ def test_command_line_offers_every_model_and_method():
     fit_parser = build_parser()._subparsers._group_actions[0].choices["fit"]
     method = next(a for a in fit_parser._actions if a.dest == "method")
     assert sorted(method.choices) == sorted(METHODS)
+
+
+def test_cli_fit_prints_chain_diagnostics(tmp_path, counts, capsys):
+    """A sampling fit's summary names its chains' worst R-hat and ESS, the figures of
+    fit.info["diagnostics"] (the ones the BnmfWarning is raised from)."""
+    data = tmp_path / "X.csv"
+    counts.to_csv(data)
+    out = tmp_path / "fit.nc"
+    assert main(["fit", str(data), "--rank", "2", "--method", "gibbs", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("convergence: "))
+    summary = bnmf.load(out).info["diagnostics"]
+    assert line.startswith("convergence: 4 chains; W: R-hat max ")
+    for name in ("W", "H"):
+        assert f"{name}: R-hat max {summary[f'rhat_max_{name}']:.3f}" in line
+        assert f"ESS min {summary[f'ess_min_{name}']:.0f}" in line
+    map_out = tmp_path / "map.nc"
+    assert main(["fit", str(data), "--rank", "2", "--method", "map", "--out", str(map_out)]) == 0
+    assert "convergence:" not in capsys.readouterr().out
