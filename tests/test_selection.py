@@ -413,7 +413,7 @@ def test_select_rank_runs_every_fit_method(method):
 def test_select_rank_puts_the_ard_answer_beside_its_own():
     X, _, _ = simulate(40, 60, rank=2, counts_per_sample=2000, seed=11)
     sel = bnmf.select_rank(X, ranks=[1, 2, 3], method="map", restarts=1, folds=2,
-                           progress=False, ard={"num_warmup": 100, "num_samples": 100,
+                           progress=False, ard={"num_warmup": 300, "num_samples": 100,
                                                 "num_chains": 1})
     assert sel.best_rank == 2
     assert sel.ard.model.name == "ard" and sel.ard.rank == 3 and sel.ard.method == "gibbs"

@@ -1,9 +1,9 @@
 """Gibbs sampling of the ARD model (:mod:`bnmf.models.ard`): latent counts, W, H, relevances.
 
 A pure function of a :class:`~bnmf.inference.common.Problem` (dense X and mask) returning a
-:class:`~bnmf.inference.common.RawPosterior`. Chains start from NNDSVDa with every one of the
-``rank`` (= max_rank) components in use; warmup sweeps let the unneeded ones shrink away, and
-nothing is pruned from the draws.
+:class:`~bnmf.inference.common.RawPosterior`. Chains start from the ARD MAP with the components
+it pruned re-seeded from its residual (:func:`reseeded_start`); warmup sweeps let the unneeded
+ones shrink away again, and nothing is pruned from the draws.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..models.ard import ARDPoisson, gibbs_sweep, log_joint, map_update, tokens_of
+from ..models.ard import ARDPoisson, component_shares, gibbs_sweep, log_joint, map_update, tokens_of
 from ..models.base import register_capability
 from .common import Problem, RawPosterior, key_from_seed, starting_point
 
@@ -64,6 +64,32 @@ def ard_map(model: ARDPoisson, X, M, start, max_iter: int = 2000, tol: float = 1
     return state, np.asarray(trace), converged
 
 
+def reseeded_start(X: np.ndarray, mask: np.ndarray, W: np.ndarray, H: np.ndarray,
+                   floor: float, seed: int, min_share: float = 0.01):
+    """The MAP (W (F, K), H (K, N)) with its pruned components (share of the expected count
+    below ``min_share``) replaced by NNDSVDa of the positive residual max(X − WH, 0) on
+    observed entries; returns (W, H, relevance), the relevances at each component's mean
+    factor entry.
+
+    Why: the joint MAP of (W, H, λ) over-prunes at low counts — a zeroed component gains about
+    (F + N) log(1/λ_k) of prior density, more than the likelihood a weak real part brings (at
+    rank 8, 100 counts per sample over 96 features it keeps 1–2 of 8 parts), and a Gibbs chain
+    revives a pruned component only slowly (its tokens come in proportion to its tiny rate).
+    Started from every component in use instead, a chain keeps two halves of one part for
+    thousands of sweeps at high counts. Residual seeds are neither: where the MAP was right the
+    residual is noise, which the sampler shrinks away in a few sweeps; where it merged parts,
+    the residual holds what it missed."""
+    W, H = np.array(W, np.float64), np.array(H, np.float64)
+    dead = np.nonzero(component_shares(W, H) < min_share)[0]
+    if dead.size:
+        residual = np.where(mask, np.maximum(X - W @ H, 0.0), 0.0)
+        if residual.any():
+            W_seed, H_seed = starting_point(residual, mask, dead.size, "nndsvda", seed)
+            W[:, dead], H[dead] = W_seed, H_seed
+    W, H = np.maximum(W, floor), np.maximum(H, floor)
+    return W, H, (W.sum(0) + H.sum(1)) / (W.shape[0] + H.shape[1])
+
+
 def _positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}.")
@@ -73,12 +99,10 @@ def _positive_int(name, value, minimum=1):
 def fit_ard_gibbs(problem: Problem, *, seed: int = 0, num_warmup: int = 1000,
                   num_samples: int = 1000, num_chains: int = 2, thin: int = 1,
                   init: str = "nndsvda", map_iter: int = 2000) -> RawPosterior:
-    """Exact Gibbs sampling of :class:`~bnmf.models.ard.ARDPoisson`, chains started at the MAP.
-
-    The MAP (:func:`ard_map`, ``map_iter`` MM updates from NNDSVDa with all ``rank``
-    components) has already shrunk the components the data do not need; started from every
-    component in use, a Gibbs chain keeps duplicated components (two halves of one part) for
-    thousands of sweeps, which would be read as extra rank.
+    """Exact Gibbs sampling of :class:`~bnmf.models.ard.ARDPoisson`, chains started at the MAP
+    (:func:`ard_map`, ``map_iter`` MM updates from NNDSVDa with all ``rank`` components) with
+    the components it pruned re-seeded from its residual (:func:`reseeded_start`, which says
+    why neither the bare MAP nor an all-components start will do).
 
     Returns draws of W (chains, draws, n_features, rank), H (chains, draws, rank, n_samples)
     and ``relevance`` (chains, draws, rank); ``losses`` holds the negative log joint of each
@@ -86,7 +110,7 @@ def fit_ard_gibbs(problem: Problem, *, seed: int = 0, num_warmup: int = 1000,
     """
     model = problem.model
     if not isinstance(model, ARDPoisson):
-        raise ValueError(f"the ARD Gibbs sampler needs model='ard', got {model.name!r}.")
+        raise TypeError(f"the ARD Gibbs sampler needs model='ard', got {model.name!r}.")
     if problem.sparse or problem.W_fixed is not None:
         raise ValueError("the ARD Gibbs sampler takes dense X without a fixed W.")
     num_warmup = _positive_int("num_warmup", num_warmup, 0)
@@ -102,8 +126,10 @@ def fit_ard_gibbs(problem: Problem, *, seed: int = 0, num_warmup: int = 1000,
     H0 = jnp.asarray(np.maximum(H0, floor), dtype)
     relevance0 = model.init_extras(W0, H0, X, mask)["relevance"]
     M = jnp.asarray(mask, dtype)
-    start, map_trace, converged = ard_map(model, problem.X, M, (W0, H0, relevance0),
-                                          max_iter=_positive_int("map_iter", map_iter))
+    (W_map, H_map, _), map_trace, converged = ard_map(
+        model, problem.X, M, (W0, H0, relevance0), max_iter=_positive_int("map_iter", map_iter))
+    start = tuple(jnp.asarray(a, dtype)
+                  for a in reseeded_start(X, mask, W_map, H_map, floor, seed))
     keys = jax.random.split(key_from_seed(seed), num_chains)
     (W, H, relevance), lj = _ard_chains(
         keys, start, model, tokens_of(X, mask), problem.X, M,

@@ -46,7 +46,7 @@ from . import sampling
 from .base import hyperparameter_pytree, observe, observed_mean, sample_H, sample_W
 from .poisson import poisson_log_likelihood, poisson_rate
 
-__all__ = ["ARDPoisson", "Tokens", "tokens_of", "gibbs_sweep", "log_joint", "active_components"]
+__all__ = ["ARDPoisson", "Tokens", "active_components", "gibbs_sweep", "log_joint", "tokens_of"]
 
 
 @hyperparameter_pytree
@@ -65,9 +65,13 @@ class ARDPoisson:
     component at the prior mean relevance λ₀ = b / (a − 1) carries ``inactive_share`` of the
     expected count: F N λ₀² = ``inactive_share`` · F N X̄, i.e. λ₀ = sqrt(inactive_share · X̄).
     A component the data do not need falls back to about that size (in the posterior a
-    relevance reverts to its prior where nothing pulls it; Tan & Févotte 2013's data-matched
-    λ₀ = sqrt(X̄ / K) left unneeded components with ~1% of the counts each, which read as
-    extra rank), while a needed one's relevance is set by its F + N entries.
+    relevance reverts to its prior where nothing pulls it), while a needed one's relevance is
+    set by its F + N entries. ``inactive_share`` must sit well below the activity threshold of
+    :meth:`bnmf.Fit.rank_posterior` (1%): a prior-reverted component carries share
+    ``inactive_share`` · (λ/λ₀)², and under InvGamma(a = 2) P(λ ≥ 10 λ₀) = 1 − 1.1 e^(−0.1)
+    ≈ 0.005, so at 1e-4 a spare component is counted active in ~0.5% of draws; at 1e-2 (the
+    threshold itself) it was P(λ ≥ λ₀) = 1 − 2/e ≈ 0.26, and ten spare components added ~2.6
+    to the count. Tan & Févotte 2013's λ₀ = sqrt(X̄ / K) is larger still.
 
     Parameters
     ----------
@@ -82,12 +86,12 @@ class ARDPoisson:
 
     a: float = 2.0
     b: float | None = None
-    inactive_share: float = 1e-2
+    inactive_share: float = 1e-4
 
     name = "ard"
     # what method=None runs, and why (fit.info["method_choice"])
-    preferred_method = ("gibbs", "gibbs: the ARD model's exact conjugate sampler; "
-                        "fit.rank_posterior() is the share of its draws")
+    preferred_method = ("gibbs", ("gibbs: the ARD model's exact conjugate sampler; "
+                        "fit.rank_posterior() is the share of its draws"))
     likelihood = "poisson"
     needs_counts = True
     extra_sites = ("relevance",)
@@ -102,7 +106,7 @@ class ARDPoisson:
             raise ValueError(f"ARDPoisson.inactive_share must lie in (0, 1), got "
                              f"{self.inactive_share!r}.")
 
-    def resolve(self, data: Data, rank: int) -> "ARDPoisson":
+    def resolve(self, data: Data, rank: int) -> ARDPoisson:
         """Fill an unset b: prior mean relevance = sqrt(inactive_share · mean(X))."""
         if self.b is not None:
             return self
