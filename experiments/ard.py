@@ -2,11 +2,13 @@
 
 Poisson data 96 × 300 (tests/helpers.simulate: parts Gamma(0.5) normalized, activities
 Dirichlet(1) × depth), true rank 3, 5, 8, depth 100 and 2,000 counts per sample, 3 data sets
-each; bnmf.fit(X, 2 × rank + 2, model="ard") (Gibbs from the ARD MAP). A component is active in
+each; bnmf.fit(X, 2 × rank + 2, model="ard") (Gibbs from the ARD MAP with its pruned components
+re-seeded from the residual). A component is active in
 a draw when it carries ≥ 1% of the expected total count (Fit.rank_posterior). Writes
 experiments/results/ard.md and ard.csv.
 
-    nice -n 10 python experiments/ard.py [--warmup 200 --samples 200 --chains 1]
+    nice -n 15 python experiments/ard.py [--warmup 1000 --samples 500 --chains 1]
+        [--only 8:100:2,3:2000:0 --append]
 """
 
 from __future__ import annotations
@@ -84,13 +86,15 @@ def merged(kept: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def write_markdown(table: pd.DataFrame, args, path: Path) -> None:
     lines = ["# ARD: the posterior of the rank", "",
-             (f"Command: `nice -n 10 python experiments/ard.py --warmup {args.warmup} "
+             (f"Command: `nice -n 15 python experiments/ard.py --warmup {args.warmup} "
              f"--samples {args.samples} --chains {args.chains}` ({platform.machine()}, "
-             "2 shared CPU cores)."), "",
+             "2 CPU cores shared with other jobs, load average 1–7; `seconds` is wall time "
+              "under that load)."), "",
              ("Data: 96 × 300 Poisson counts simulated by `tests/helpers.simulate` (parts "
              "Gamma(0.5) normalized, activities Dirichlet(1) × depth), seed 1000·rank + data set. "
              "Fit: `bnmf.fit(X, 2·rank + 2, model=\"ard\")`, Gibbs sampling started at the ARD "
-             "MAP. A component is active in a draw when it carries at least 1% (or 2%) of the "
+             "MAP with the components it pruned re-seeded by NNDSVDa of its residual. A "
+             "component is active in a draw when it carries at least 1% (or 2%) of the "
              "expected total count; `P(rank)` lists the posterior probabilities ≥ 0.05 of each "
              "number of active components."), ""]
     for share in ("1%", "2%"):
