@@ -568,6 +568,8 @@ def test_log_factorial_sum_equals_the_sum_of_log_factorials(masked, fractional):
     if fractional:
         X[3, 5] += 0.5
     weight = (RNG.uniform(size=X.shape) > 0.2).astype(np.float32) if masked else None
+    if weight is not None:
+        weight[3, 5] = 1.0  # the fractional count is observed (else masking would remove it)
     X = X if weight is None else X * weight  # 0 where unobserved, as in a Problem
     expected = np.sum(gammaln(X.astype(np.float64) + 1.0) * (1.0 if weight is None else weight))
     got = log_factorial_sum(DenseCounts(jnp.asarray(X), None if weight is None
