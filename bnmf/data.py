@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["Data", "prepare", "check_rank"]
+__all__ = ["Data", "check_rank", "prepare"]
 
 # XLA:CPU adopts a NumPy buffer without a copy when it is aligned to this many bytes.
 DEVICE_ALIGNMENT = 64

@@ -41,7 +41,7 @@ def read_matrix(path):
     if not path.exists():
         raise FileNotFoundError(f"no such data file: {path}")
     name = path.name.lower()
-    stem = name[:-3] if name.endswith(".gz") else name
+    stem = name.removesuffix(".gz")
     if stem.endswith((".csv", ".tsv", ".txt")):
         sep = "," if stem.endswith(".csv") else "\t"
         return pd.read_csv(path, sep=sep, index_col=0)

@@ -35,7 +35,7 @@ from .posterior import (
     write_netcdf,
 )
 
-__all__ = ["fit_network", "NetworkFit", "NETWORK_METHODS"]
+__all__ = ["NETWORK_METHODS", "NetworkFit", "fit_network"]
 
 NETWORK_METHODS = ("gibbs", "map", "nuts")
 DRAW_DIMS = ("chain", "draw")
@@ -54,7 +54,7 @@ def fit_network(A, rank: int, directed: bool = False, *, likelihood: str = "bern
                 method: str | None = None, seed: int = 0, mask=None, weight: str | None = None,
                 a: float = 1.0, rate: float | None = None, dtype: str = "float32",
                 num_warmup: int = 500, num_samples: int = 500, num_chains: int = 2,
-                thin: int = 1, restarts: int = 8, max_iter: int = 3000) -> "NetworkFit":
+                thin: int = 1, restarts: int = 8, max_iter: int = 3000) -> NetworkFit:
     r"""Fit overlapping community memberships to a graph.
 
     .. math::

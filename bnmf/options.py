@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_integer", "check_number", "check_options", "check_seed", "INFERENCE_OPTIONS"]
+__all__ = ["INFERENCE_OPTIONS", "check_integer", "check_number", "check_options", "check_seed"]
 
 
 def check_integer(name: str, value, minimum: int | None = None, *, allow_none: bool = False):

@@ -11,5 +11,13 @@ from .svi import fit_svi
 METHODS = {"map": fit_map, "svi": fit_svi, "nuts": fit_nuts, "cavi": fit_cavi,
            "gibbs": fit_gibbs}
 
-__all__ = ["Problem", "RawPosterior", "fit_map", "fit_svi", "fit_nuts", "fit_cavi", "fit_gibbs",
-           "METHODS"]
+__all__ = [
+    "METHODS",
+    "Problem",
+    "RawPosterior",
+    "fit_cavi",
+    "fit_gibbs",
+    "fit_map",
+    "fit_nuts",
+    "fit_svi",
+]

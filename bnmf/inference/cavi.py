@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.base import capability, model_name
-from ..models.poisson import GammaFactors, cavi_elbo, draw_factors, gamma_kl  # noqa: F401
+from ..models.poisson import GammaFactors, cavi_elbo, draw_factors, gamma_kl
 from ..options import check_integer
 from .common import Problem, RawPosterior, shard_problem
 from .driver import compiled_step, drive

@@ -68,7 +68,7 @@ class Problem:
         return {"W": self.W_fixed}
 
 
-def n_observed(problem: "Problem") -> int:
+def n_observed(problem: Problem) -> int:
     """Number of observed entries of the problem's X (dense mask or sparse counts)."""
     if problem.sparse:
         n_features, n_samples = problem.X.shape
@@ -292,7 +292,7 @@ def shard_over_samples(devices: int | None, *column_blocks, replicated=()):
             tuple(jax.device_put(a, everywhere) for a in replicated))
 
 
-def shard_problem(problem: "Problem", W, H, devices):
+def shard_problem(problem: Problem, W, H, devices):
     """``problem``, W and H with the sample axis sharded over ``devices`` devices (see
     :func:`shard_over_samples`); unchanged when ``devices`` is None. Dense X only."""
     devices = check_devices(devices, problem.mask.shape[1] if problem.mask is not None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,13 @@ import numpy as np
 from jax import lax
 from tqdm.auto import tqdm
 
-__all__ = ["cached_program", "clear_compile_cache", "drive", "monotone_fallback",
-           "compiled_step"]
+__all__ = [
+    "cached_program",
+    "clear_compile_cache",
+    "compiled_step",
+    "drive",
+    "monotone_fallback",
+]
 
 _PROGRAMS: dict = {}  # (builder, arguments) -> what the builder returned
 

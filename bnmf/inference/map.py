@@ -42,20 +42,20 @@ from ..models.base import (
 )
 from ..models.counts import to_scipy
 from ..models.poisson import LEAST_SQUARES_WARMUP
+from ..options import check_integer
 from .common import (
     Problem,
-    n_observed,
     RawPosterior,
     floor_positive,
     layout_unravel,
     log_joint_unconstrained,
+    n_observed,
     shard_problem,
     site_layout,
     sparse_starting_point,
     starting_point,
     to_device,
 )
-from ..options import check_integer
 from .driver import cached_program, compiled_step, drive
 
 __all__ = ["fit_map", "map_start", "posterior_start"]
@@ -108,7 +108,7 @@ def _adam_map_programs(problem_structure, layout: tuple, learning_rate: float, c
 
     @jax.jit
     def step_chunk(carry, problem):
-        loss_fn = lambda u: -log_joint_unconstrained(  # noqa: E731
+        loss_fn = lambda u: -log_joint_unconstrained(
             problem, unravel, u, constrained_sites=FACTOR_SITES)
 
         def step(carry, _):

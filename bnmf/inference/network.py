@@ -19,8 +19,13 @@ from jax import lax
 from ..models.network import GraphArrays, NetworkGamma, dense_pairs, log_joint, sweep
 from .common import RawPosterior, key_from_seed
 
-__all__ = ["network_start", "fit_network_map", "fit_network_gibbs", "fit_network_nuts",
-           "NUTS_MAX_NODES"]
+__all__ = [
+    "NUTS_MAX_NODES",
+    "fit_network_gibbs",
+    "fit_network_map",
+    "fit_network_nuts",
+    "network_start",
+]
 
 NUTS_MAX_NODES = 300  # the dense model has n² / 2 pairs
 

@@ -9,7 +9,6 @@ same shapes, and every chain after the first, compile nothing.
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 from jax import lax

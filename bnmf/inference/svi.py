@@ -37,7 +37,7 @@ from .common import (
 from .driver import cached_program, drive
 from .map import posterior_start
 
-__all__ = ["fit_svi", "GUIDES"]
+__all__ = ["GUIDES", "fit_svi"]
 
 GUIDES = ("normal", "lowrank")
 _LOG_2PI_E = math.log(2 * math.pi) + 1.0

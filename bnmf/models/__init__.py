@@ -15,8 +15,17 @@ from .negbin import NegativeBinomial
 from .poisson import PoissonGamma
 from .spatial import SpatialNMF
 
-__all__ = ["PoissonGamma", "HierarchicalPoissonGamma", "GaussianHalfNormal", "Horseshoe",
-           "ARDPoisson", "NegativeBinomial", "SpatialNMF", "MODELS", "get_model"]
+__all__ = [
+    "MODELS",
+    "ARDPoisson",
+    "GaussianHalfNormal",
+    "HierarchicalPoissonGamma",
+    "Horseshoe",
+    "NegativeBinomial",
+    "PoissonGamma",
+    "SpatialNMF",
+    "get_model",
+]
 
 MODELS = {"poisson": PoissonGamma, "gaussian": GaussianHalfNormal, "horseshoe": Horseshoe,
           "poisson-hierarchical": HierarchicalPoissonGamma, "ard": ARDPoisson,

@@ -128,7 +128,7 @@ class GaussianHalfNormal:
             if value is not None and not value > 0:
                 raise ValueError(f"GaussianHalfNormal.{field} must be positive, got {value!r}.")
 
-    def resolve(self, data: Data, rank: int) -> "GaussianHalfNormal":
+    def resolve(self, data: Data, rank: int) -> GaussianHalfNormal:
         """Fill unset scales from the data."""
         return fill_half_normal_scales(self, data, rank)
 

@@ -98,7 +98,7 @@ class HierarchicalPoissonGamma:
                 raise ValueError(
                     f"HierarchicalPoissonGamma.{field} must be positive, got {value!r}.")
 
-    def resolve(self, data: Data, rank: int) -> "HierarchicalPoissonGamma":
+    def resolve(self, data: Data, rank: int) -> HierarchicalPoissonGamma:
         """Fill unset hyperprior rates from the data."""
         rate = self.rate_shape * balanced_mean(data, rank)
         return dataclasses.replace(
@@ -147,4 +147,4 @@ def _gibbs_prior(model: HierarchicalPoissonGamma, rank: int) -> GibbsPrior:
 
 register_capability(HierarchicalPoissonGamma, "gibbs_prior", _gibbs_prior)
 
-__all__ = ["HierarchicalPoissonGamma", "HYPER_SITES", "moment_shapes"]
+__all__ = ["HYPER_SITES", "HierarchicalPoissonGamma", "moment_shapes"]

@@ -142,7 +142,7 @@ class Horseshoe:
             sites.append(Site("sigma", ()))
         return tuple(sites)
 
-    def resolve(self, data: Data, rank: int) -> "Horseshoe":
+    def resolve(self, data: Data, rank: int) -> Horseshoe:
         """Fill unset scales from the data."""
         mean = balanced_mean(data, rank)
         slab = self.slab_scale if self.slab_scale is not None else 2.0 * mean

@@ -49,8 +49,16 @@ from . import sampling
 from .base import hyperparameter_pytree
 
 __all__ = [
-    "NetworkGamma", "GraphArrays", "graph_arrays", "dense_pairs", "log_joint", "edge_rates",
-    "sample_ztp", "sweep", "node_conditional", "factors",
+    "GraphArrays",
+    "NetworkGamma",
+    "dense_pairs",
+    "edge_rates",
+    "factors",
+    "graph_arrays",
+    "log_joint",
+    "node_conditional",
+    "sample_ztp",
+    "sweep",
 ]
 
 
@@ -91,7 +99,7 @@ def graph_arrays(graph: Graph, dtype=jnp.float32) -> GraphArrays:
         starts = np.concatenate([[0], np.cumsum(degree)[:-1]])
         slot = np.arange(both.size) - starts[both[order]]
         partners[both[order], slot] = other[order]
-    as_int = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+    as_int = lambda v: jnp.asarray(v, jnp.int32)
     units = np.repeat(np.arange(graph.n_edges), np.round(graph.edge_value).astype(np.int64))
     return GraphArrays(as_int(graph.edge_row), as_int(graph.edge_col),
                        jnp.asarray(graph.edge_value, dtype), as_int(graph.hidden_row),
@@ -167,7 +175,7 @@ class NetworkGamma:
             return -math.log1p(-min(per_pair, 1 - 1e-6))
         return float(per_pair)
 
-    def resolve(self, graph: Graph, rank: int) -> "NetworkGamma":
+    def resolve(self, graph: Graph, rank: int) -> NetworkGamma:
         """Fill an unset rate from the data: prior mean membership sqrt(r̄ / rank)."""
         if self.rate is not None:
             return self

@@ -118,7 +118,7 @@ class PoissonGamma:
             if value is not None and not value > 0:
                 raise ValueError(f"PoissonGamma.{field} must be positive, got {value!r}.")
 
-    def resolve(self, data: Data, rank: int) -> "PoissonGamma":
+    def resolve(self, data: Data, rank: int) -> PoissonGamma:
         """Fill unset rates from the data (prior mean of each factor = sqrt(mean(X)/rank))."""
         rate = self.a / balanced_mean(data, rank)
         return dataclasses.replace(
