@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .calling.reference import check_prob
+
 __all__ = ["SBS96_COLOURS", "abundance_draws", "is_sbs96", "plot_abundance_maps",
            "plot_bootstrap", "plot_dispersion", "plot_exposures", "plot_memberships",
            "plot_multiview_parts", "plot_parts", "plot_ppc", "plot_top_features",
@@ -480,8 +482,7 @@ def plot_memberships(fit, prob: float = 0.9, groups=None, which: str | None = No
     -------
     matplotlib.figure.Figure
     """
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+    check_prob(prob)
     fit._check_spread()
     shares = fit.shares(which)                                   # (draws, nodes, rank)
     mean = shares.mean(axis=0)
@@ -524,8 +525,9 @@ def plot_memberships(fit, prob: float = 0.9, groups=None, which: str | None = No
 
 
 def _check_prob(prob) -> None:
-    if prob is not None and not 0 < prob < 1:
-        raise ValueError(f"prob must lie in (0, 1) or be None, got {prob!r}.")
+    """``prob`` of an interval, or None for no intervals (:func:`check_prob`'s rule)."""
+    if prob is not None:
+        check_prob(prob)
 
 
 def plot_multiview_parts(fit, prob: float | None = 0.9, top: int = 20, components=None,

@@ -108,7 +108,7 @@ def test_multiview_parts_refuse_bad_input():
         plot_multiview_parts(fit, views=["rna"])
     with pytest.raises(ValueError, match="components must be integers in 0..1"):
         plot_multiview_parts(fit, components=[2])
-    with pytest.raises(ValueError, match="prob must lie in"):
+    with pytest.raises(ValueError, match="prob must be a number strictly between"):
         plot_multiview_parts(fit, prob=1.5)
     with pytest.raises(TypeError, match="takes a MultiViewFit"):
         plot_multiview_parts(fit.view_fit("sbs"))
@@ -162,7 +162,7 @@ def test_abundance_maps_of_a_map_fit_have_one_column_and_coords_draw_a_scatter()
     ({}, "this fit's model keeps no coords"),
     ({"shape": (4, 5), "coords": np.zeros((20, 2))}, "not both"),
     ({"coords": np.zeros((19, 2))}, "coords must be a finite \\(20, 2\\)"),
-    ({"shape": (4, 5), "prob": 0.0}, "prob must lie in"),
+    ({"shape": (4, 5), "prob": 0.0}, "prob must be a number strictly between"),
     ({"shape": (4, 5), "order": "K"}, "order must be"),
     ({"shape": (4, 5), "components": [5]}, "components must be integers in 0..1"),
     ({"shape": (4, 5), "names": ["a"]}, "one name per drawn component"),
