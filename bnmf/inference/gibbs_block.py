@@ -1,0 +1,114 @@
+"""Exact block moves of one factor's rows given the other, without the latent counts.
+
+The latent-count sweep (:mod:`bnmf.inference.gibbs_poisson`) mixes slowly at depth: with
+W fixed at the truth, H alone reached a bulk ESS of 75 per 600 draws (5th percentile 17) at
+96 × 300 rank 6 with 1,000 counts per sample — the augmentation's missing information, not
+label switching or the W–H coupling. Given W, the columns h_j of H are independent with the
+K-dimensional conditional (u = log h_j, observed entries i, weights m_ij)
+
+    log π(u) = Σ_i m_ij [X_ij log μ_i − μ_i] + Σ_k [a_k u_k − b_k e^{u_k}],  μ_i = Σ_k W_ik e^{u_k}
+
+(the gamma prior in log space, Jacobian included). Each column gets one independence
+Metropolis–Hastings step whose proposal is a multivariate t (:data:`T_DF` degrees of freedom)
+centred at a Newton estimate of the mode of π, with precision the curvature
+
+    P(u) = Σ_i m_ij X_ij A_i A_iᵀ / μ_i² + diag(a),   A_ik = W_ik e^{u_k},
+
+which equals −∇² log π at the mode and is positive definite everywhere. The Newton path starts
+from a point computed from W, X and the prior only, so the proposal does not depend on the
+current h_j and the step leaves π exactly invariant; the t tails dominate the target's
+(exponential in the left tail of log h, doubly exponential in the right), so the ratio of
+target to proposal is bounded. W's rows are moved the same way given H (the transposed
+problem). Dense counts only: O(n_features · n_samples · rank²) per Newton step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Newton steps towards the mode, the largest change of a log entry per step, and the
+# degrees of freedom of the t proposal.
+NEWTON_STEPS = 6
+MAX_STEP = 2.0
+T_DF = 6.0
+
+
+def column_log_density(u, W, X, weight, a, b):
+    """log π(u) of every column: u (rank, n), W (m, rank), X and weight (m, n) -> (n,)."""
+    mu = jnp.maximum(W @ jnp.exp(u), jnp.finfo(u.dtype).tiny)
+    lik = X * jnp.log(mu) - mu
+    if weight is not None:
+        lik = lik * weight
+    return jnp.sum(lik, axis=0) + jnp.sum(a[:, None] * u - b[:, None] * jnp.exp(u), axis=0)
+
+
+def _gradient_curvature(u, W, X, weight, a, b):
+    """∇ log π (n, rank) and the curvature P (n, rank, rank) of every column."""
+    h = jnp.exp(u)                                    # (K, n)
+    mu = jnp.maximum(W @ h, jnp.finfo(u.dtype).tiny)  # (m, n)
+    Xw = X if weight is None else X * weight
+    exposure = W.sum(axis=0)[:, None] if weight is None else W.T @ weight  # (K, n)
+    ratio = Xw / mu
+    grad = (h * (W.T @ ratio) - h * (exposure + b[:, None]) + a[:, None]).T
+    # Σ_i X_ij W_ik W_il / μ_ij², times h_k h_l
+    P = jnp.einsum("ik,il,in->nkl", W, W, ratio / mu) * (h.T[:, :, None] * h.T[:, None, :])
+    return grad, P + jnp.diag(a)[None]
+
+
+def proposal(W, X, weight, a, b):
+    """Centre (rank, n) and Cholesky factor of the precision (n, rank, rank) of the t
+    proposal of every column, from W, X and the prior alone (never the current state)."""
+    exposure = W.sum(axis=0)[:, None] if weight is None else W.T @ weight
+    Xw = X if weight is None else X * weight
+    share = W / jnp.maximum(W.sum(axis=1, keepdims=True), jnp.finfo(W.dtype).tiny)
+    u = jnp.log((a[:, None] + share.T @ Xw) / (b[:, None] + exposure))
+
+    def newton(_, u):
+        grad, P = _gradient_curvature(u, W, X, weight, a, b)
+        step = jnp.linalg.solve(P, grad[:, :, None])[:, :, 0]
+        return u + jnp.clip(step, -MAX_STEP, MAX_STEP).T
+
+    u = jax.lax.fori_loop(0, NEWTON_STEPS, newton, u)
+    _, P = _gradient_curvature(u, W, X, weight, a, b)
+    return u, jnp.linalg.cholesky(P)
+
+
+def _t_log_density(u, centre, chol):
+    """log of the t proposal density at u (rank, n), up to a constant shared by all u."""
+    d = jnp.einsum("nlk,ln->nk", chol, u - centre)  # Lᵀ (u − centre): δᵀ P δ = |Lᵀ δ|²
+    K = u.shape[0]
+    return -0.5 * (T_DF + K) * jnp.log1p(jnp.sum(d**2, axis=1) / T_DF)
+
+
+def block_columns(key, W, logH, X, weight, a, b):
+    """One independence Metropolis–Hastings step on every column of H given W (m, rank):
+    logH (rank, n), X and weight (m, n) or weight None, prior shapes a and rates b (rank,).
+    Returns the new logH and the acceptance indicator (n,)."""
+    centre, chol = proposal(W, X, weight, a, b)
+    K, n = logH.shape
+    k_z, k_chi, k_u = jax.random.split(key, 3)
+    z = jax.random.normal(k_z, (n, K), logH.dtype)
+    scale = jnp.sqrt(T_DF / (2.0 * jax.random.gamma(k_chi, T_DF / 2.0, (n,), logH.dtype)))
+    # u = centre + L⁻ᵀ z · scale
+    step = jax.scipy.linalg.solve_triangular(jnp.swapaxes(chol, 1, 2), z[:, :, None],
+                                             lower=False)[:, :, 0]
+    proposed = centre + (step * scale[:, None]).T
+    log_ratio = (column_log_density(proposed, W, X, weight, a, b)
+                 - column_log_density(logH, W, X, weight, a, b)
+                 + _t_log_density(logH, centre, chol) - _t_log_density(proposed, centre, chol))
+    accept = jnp.log(jax.random.uniform(k_u, (n,), logH.dtype)) < log_ratio
+    accept = accept & jnp.all(jnp.isfinite(proposed), axis=0)
+    return jnp.where(accept[None, :], proposed, logH), accept
+
+
+def block_update_H(key, logW, logH, a_H, b_H, X, weight):
+    """H's columns given W: :func:`block_columns` with W = exp(logW)."""
+    return block_columns(key, jnp.exp(logW), logH, X, weight, a_H, b_H)
+
+
+def block_update_W(key, logW, logH, a_W, b_W, X, weight):
+    """W's rows given H: the transposed problem (X ≈ Hᵀ Wᵀ)."""
+    logWT, accept = block_columns(key, jnp.exp(logH).T, logW.T, X.T,
+                                  None if weight is None else weight.T, a_W, b_W)
+    return logWT.T, accept
