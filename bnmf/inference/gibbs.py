@@ -187,6 +187,17 @@ def _check_count(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _block_moves(block_moves: bool | None, counts) -> bool:
+    """Whether the sweep makes the block moves: ``None`` where the counts are dense."""
+    if block_moves not in (None, True, False):
+        raise ValueError(f"block_moves must be None, True or False, got {block_moves!r}.")
+    dense = isinstance(counts, DenseCounts)
+    if block_moves and not dense:
+        raise ValueError("block_moves=True needs dense counts: pass X as a dense array, or "
+                         "block_moves=None/False for the latent-count sweep alone on sparse X.")
+    return dense if block_moves is None else block_moves
+
+
 def fit_gibbs(
     problem: Problem,
     *,
@@ -197,7 +208,7 @@ def fit_gibbs(
     num_chains: int = 4,
     thin: int = 1,
     max_tokens: int = MAX_TOKENS,
-    block_moves: bool = True,
+    block_moves: bool | None = None,
     progress: bool | None = None,
 ) -> RawPosterior:
     """Sample the posterior of the ``poisson`` or ``poisson-hierarchical`` model exactly, by
@@ -218,11 +229,12 @@ def fit_gibbs(
     max_tokens : int
         Counts up to this are split token by token, larger ones by binomials (same
         distribution; only the speed differs).
-    block_moves : bool
+    block_moves : bool or None
         After each latent-count sweep, move W's rows given H and H's columns given W by exact
         independence Metropolis–Hastings steps (:mod:`bnmf.inference.gibbs_block`): the
-        latent counts alone mix slowly at depth. Dense counts only (sparse input ignores it);
-        ``False`` runs the latent-count sweep alone.
+        latent counts alone mix slowly at depth. Dense counts only: ``None`` (default) runs
+        them on dense X and not on SciPy sparse X (``info["block_moves"]`` says which);
+        ``True`` with sparse X raises; ``False`` runs the latent-count sweep alone.
 
     Returns
     -------
@@ -241,6 +253,7 @@ def fit_gibbs(
     prior_W, prior_H = _priors(problem, dtype)
     data = GibbsData(alloc, poisson_counts(problem), prior_W, prior_H)
     sample_W = problem.W_fixed is None
+    block = _block_moves(block_moves, data.counts)
 
     Ws, Hs = chain_starts(problem, num_chains, init, seed)
     keys = jax.random.split(key_from_seed(seed), num_chains)
@@ -252,7 +265,6 @@ def fit_gibbs(
         states = states._replace(logW=jnp.broadcast_to(logW, states.logW.shape))
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps", progress)
-    block = bool(block_moves) and isinstance(data.counts, DenseCounts)
     flags = {"learn": learn, "sample_W": sample_W, "block": block}
     # burn-in through the same compiled program as the draws (one compilation, not two):
     # whole chunks of CHUNK sweeps, so num_warmup is rounded up to a multiple of CHUNK

@@ -20,6 +20,14 @@ current h_j and the step leaves π exactly invariant; the t tails dominate the t
 (exponential in the left tail of log h, doubly exponential in the right), so the ratio of
 target to proposal is bounded. W's rows are moved the same way given H (the transposed
 problem). Dense counts only: O(n_features · n_samples · rank²) per Newton step.
+
+Measured at 96 × 300 rank 6 (Dirichlet(0.5) parts, gamma(0.8) exposures, 1,000 counts per
+sample; 4 chains × 300 draws after 300; ``experiments/gibbs_mixing_diag.py``), median bulk ESS
+of normalized W without → with these moves: 42 → 264 (``poisson-hierarchical``; its learned
+shapes and rates are now the slowest sites) and 513 (``poisson``, fixed priors). Shears of
+one component into another (W_l + εW_k, H_k − εH_l, which keep W H and so the likelihood
+unchanged) by exact slice draws along the orbit were also tried: no gain (ESS 509 vs 513), as
+the non-negativity of sparse factors keeps those orbits short; not kept.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ import jax.numpy as jnp
 NEWTON_STEPS = 6
 MAX_STEP = 2.0
 T_DF = 6.0
+# Independence steps per column from one proposal: at 96 × 2,000 rank 10 a single step is
+# accepted for 9–29% of H's columns (the log-space conditional of an entry the prior
+# dominates is skewed, a t is not), and a further try costs a fraction of the proposal.
+TRIES = 6
 
 
 def column_log_density(u, W, X, weight, a, b):
@@ -81,25 +93,36 @@ def _t_log_density(u, centre, chol):
     return -0.5 * (T_DF + K) * jnp.log1p(jnp.sum(d**2, axis=1) / T_DF)
 
 
-def block_columns(key, W, logH, X, weight, a, b):
-    """One independence Metropolis–Hastings step on every column of H given W (m, rank):
-    logH (rank, n), X and weight (m, n) or weight None, prior shapes a and rates b (rank,).
-    Returns the new logH and the acceptance indicator (n,)."""
+def block_columns(key, W, logH, X, weight, a, b, tries: int = TRIES):
+    """``tries`` independence Metropolis–Hastings steps on every column of H given W
+    (m, rank), all from one proposal (its mode and curvature cost most; a try costs one
+    product W e^u): logH (rank, n), X and weight (m, n) or weight None, prior shapes a and
+    rates b (rank,). Returns the new logH and the share of tries accepted per column (n,)."""
     centre, chol = proposal(W, X, weight, a, b)
     K, n = logH.shape
-    k_z, k_chi, k_u = jax.random.split(key, 3)
-    z = jax.random.normal(k_z, (n, K), logH.dtype)
-    scale = jnp.sqrt(T_DF / (2.0 * jax.random.gamma(k_chi, T_DF / 2.0, (n,), logH.dtype)))
-    # u = centre + L⁻ᵀ z · scale
-    step = jax.scipy.linalg.solve_triangular(jnp.swapaxes(chol, 1, 2), z[:, :, None],
-                                             lower=False)[:, :, 0]
-    proposed = centre + (step * scale[:, None]).T
-    log_ratio = (column_log_density(proposed, W, X, weight, a, b)
-                 - column_log_density(logH, W, X, weight, a, b)
-                 + _t_log_density(logH, centre, chol) - _t_log_density(proposed, centre, chol))
-    accept = jnp.log(jax.random.uniform(k_u, (n,), logH.dtype)) < log_ratio
-    accept = accept & jnp.all(jnp.isfinite(proposed), axis=0)
-    return jnp.where(accept[None, :], proposed, logH), accept
+    # u = centre + L⁻ᵀ z · scale, the t draw; its log density −(ν + K)/2 log(1 + |z|²/ν)
+    upper = jnp.swapaxes(chol, 1, 2)
+
+    def one(i, carry):
+        logH, log_target, log_proposal, accepted = carry
+        k_z, k_chi, k_u = jax.random.split(jax.random.fold_in(key, i), 3)
+        z = jax.random.normal(k_z, (n, K), logH.dtype)
+        scale = jnp.sqrt(T_DF / (2.0 * jax.random.gamma(k_chi, T_DF / 2.0, (n,), logH.dtype)))
+        step = jax.scipy.linalg.solve_triangular(upper, z[:, :, None], lower=False)[:, :, 0]
+        proposed = centre + (step * scale[:, None]).T
+        target = column_log_density(proposed, W, X, weight, a, b)
+        density = _t_log_density(proposed, centre, chol)
+        log_ratio = target - log_target + log_proposal - density
+        accept = jnp.log(jax.random.uniform(k_u, (n,), logH.dtype)) < log_ratio
+        accept = accept & jnp.all(jnp.isfinite(proposed), axis=0) & jnp.isfinite(target)
+        return (jnp.where(accept[None, :], proposed, logH),
+                jnp.where(accept, target, log_target),
+                jnp.where(accept, density, log_proposal), accepted + accept)
+
+    start = (logH, column_log_density(logH, W, X, weight, a, b),
+             _t_log_density(logH, centre, chol), jnp.zeros(n, logH.dtype))
+    logH, _, _, accepted = jax.lax.fori_loop(0, tries, one, start)
+    return logH, accepted / tries
 
 
 def block_update_H(key, logW, logH, a_H, b_H, X, weight):
