@@ -85,6 +85,8 @@ def _summary(fit, top: int = 5) -> str:
     lines = [repr(fit)]
     if "method_choice" in info:
         lines.append(f"method: {info['method_choice']}")
+    if "model_choice" in info:
+        lines.append(f"model: {info['model_choice']}")
     status = "converged" if info.get("converged") else "stopped at the iteration limit"
     if "iterations" in info:
         lines.append(f"inference: {info['algorithm']}, {info['iterations']} iterations, {status}")
@@ -278,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_fit = sub.add_parser("fit", help="fit X ≈ W H to a data file")
     p_fit.add_argument("data", help="CSV/TSV (first column = feature names), .npz, .mtx or .h5ad")
     p_fit.add_argument("--rank", "-k", type=int, required=True)
-    p_fit.add_argument("--model", choices=MODEL_CHOICES, default="poisson")
+    p_fit.add_argument("--model", choices=MODEL_CHOICES, default=None,
+                       help="default: poisson-hierarchical (poisson for --method map/cavi), "
+                            "printed as 'model: ...'")
     p_fit.add_argument("--out", default="fit.nc", help="output netCDF file (default fit.nc)")
     p_fit.add_argument("--plot", default=None, help="also write a PNG of the parts")
     p_fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")

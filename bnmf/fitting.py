@@ -32,6 +32,43 @@ NUTS_MAX_ENTRIES = 25_000
 SPARSE_METHODS = ("map", "cavi")
 
 
+# The count model ``model=None`` fits, and the one it falls back to where a method needs a
+# fixed-shape conjugate prior (MAP: the learned shapes have no joint mode; CAVI: no closed
+# form). Learned shapes and rates per component cover 0.90 of W and H on sparse Dirichlet(0.1)
+# parts where shape 1 covered 0.57 of W (experiments/results/calibration_gibbs.md).
+DEFAULT_MODEL = "poisson-hierarchical"
+CONJUGATE_MODEL = "poisson"
+CONJUGATE_METHODS = ("map", "cavi")
+
+
+def default_model(method: str | None, options: dict) -> tuple[str, str]:
+    """The model ``model=None`` fits, and why (recorded in ``fit.info["model_choice"]``):
+    :data:`DEFAULT_MODEL` (``"poisson-hierarchical"``), except the conjugate ``"poisson"``
+    model where ``method`` is ``"map"`` or ``"cavi"``, where ``method=None`` comes with options
+    only CAVI or MAP accept (e.g. ``batch_size``), or where the ``"poisson"`` model's own
+    hyperparameters (``a``, ``rate_W``, ``rate_H``) are given."""
+    fields = {f.name for f in dataclasses.fields(MODELS[CONJUGATE_MODEL])}
+    given = sorted(set(options) & fields)
+    if given:
+        return CONJUGATE_MODEL, f"poisson: its hyperparameters {given} were given"
+    if method in CONJUGATE_METHODS:
+        return CONJUGATE_MODEL, (f"poisson: method={method!r} needs the fixed-shape conjugate "
+                                 "prior (the learned shapes have no MAP mode and no CAVI)")
+    samplers = ("nuts", "gibbs", "svi")
+    if method is None and not any(_accepts_model_options(m, options) for m in samplers):
+        return CONJUGATE_MODEL, "poisson: the options given are accepted only by MAP or CAVI"
+    return DEFAULT_MODEL, ("poisson-hierarchical: shapes and rates learned per component, so "
+                           "sparse or flat parts and skewed or flat exposures get their own "
+                           "prior (experiments/results/calibration_gibbs.md)")
+
+
+def _accepts_model_options(method: str, options: dict) -> bool:
+    """Whether ``method`` on the default model accepts ``options`` (its hyperparameters aside)."""
+    model_fields = {f.name for f in dataclasses.fields(MODELS[DEFAULT_MODEL])}
+    rest = {k: v for k, v in options.items() if k not in model_fields}
+    return set(rest) <= _inference_options(method, MODELS[DEFAULT_MODEL]())
+
+
 def _split_options(model, options: dict):
     """Split ``**options`` into model hyperparameters and inference options."""
     if isinstance(model, str):
@@ -159,20 +196,24 @@ def run_inference(data: Data, rank: int, model, method: str | None = None, seed:
 
 
 def fit_data(data: Data, rank: int, model, method: str | None = None, seed: int = 0,
-             dtype: str = "float32", W_fixed=None, **options) -> Fit:
+             dtype: str = "float32", W_fixed=None, model_choice: str | None = None,
+             **options) -> Fit:
     """Fit a validated :class:`~bnmf.data.Data` (the engine behind :func:`fit`).
 
     ``model`` is a model object (unresolved); ``W_fixed`` (n_features, rank) keeps W fixed;
-    ``method=None`` runs :func:`default_method`'s choice.
+    ``method=None`` runs :func:`default_method`'s choice; ``model_choice`` (why the model was
+    chosen, when it was) goes to ``fit.info["model_choice"]``.
     """
     raw, resolved, method = run_inference(data, rank, model, method, seed=seed, dtype=dtype,
                                           W_fixed=W_fixed, **options)
+    if model_choice is not None:
+        raw = raw._replace(info={**(raw.info or {}), "model_choice": model_choice})
     meta = {"model": resolved.name, "model_params": dataclasses.asdict(resolved),
             "method": method, "seed": int(check_seed(seed)), "dtype": dtype}
     return Fit(build_idata(raw, data, rank, meta))
 
 
-def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0, mask=None, *,
+def fit(X, rank: int, model=None, method: str | None = None, seed: int = 0, mask=None, *,
         missing: str = "error", dtype: str = "float32", **options) -> Fit:
     r"""Fit a Bayesian NMF ``X ≈ W H`` and return its posterior.
 
@@ -183,10 +224,15 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
         DataFrame or AnnData become the coordinates of the result.
     rank : int
         Number of components, 1 ≤ rank ≤ min(n_features, n_samples).
-    model : {"poisson", "gaussian", "horseshoe"} or a model object
-        ``"poisson"`` (:class:`~bnmf.models.PoissonGamma`, counts), ``"gaussian"``
-        (:class:`~bnmf.models.GaussianHalfNormal`), ``"horseshoe"``
-        (:class:`~bnmf.models.Horseshoe`, sparse parts; ``likelihood="poisson"|"gaussian"``).
+    model : str, a model object or None
+        A name of ``bnmf.models.MODELS``: ``"poisson-hierarchical"``
+        (:class:`~bnmf.models.HierarchicalPoissonGamma`, counts, shapes and rates learned per
+        component), ``"poisson"`` (:class:`~bnmf.models.PoissonGamma`, counts, fixed shape),
+        ``"gaussian"`` (:class:`~bnmf.models.GaussianHalfNormal`), ``"horseshoe"``
+        (:class:`~bnmf.models.Horseshoe`, sparse parts; ``likelihood="poisson"|"gaussian"``),
+        ``"negbin"``, ``"ard"``, ... None (default): ``"poisson-hierarchical"``, or
+        ``"poisson"`` for ``method="map"``/``"cavi"`` and where its hyperparameters are given
+        (:func:`default_model`; ``fit.info["model_choice"]`` says which and why).
     method : {"map", "svi", "nuts", "cavi", "gibbs"}, optional
         Point estimate, variational posterior (SVI; mean-field or low-rank guide), NUTS (the
         reference posterior, small problems), CAVI (closed-form variational posterior of the
@@ -225,10 +271,15 @@ def fit(X, rank: int, model="poisson", method: str | None = None, seed: int = 0,
     ((30, 2), (2, 40))
     """
     if isinstance(X, Mapping):  # several views sharing the sample axis: joint multi-view NMF
+        model = "poisson" if model is None else model   # the joint model's own default
         return fit_multiview(X, rank, model=model, method=method, seed=seed, mask=mask,
                              missing=missing, dtype=dtype, **options)
+    model_choice = None
+    if model is None:
+        model, model_choice = default_model(method, options)
     model_options, inference_options = _split_options(model, options)
     model_obj = get_model(model, **model_options)
     data = prepare(X, mask=mask, missing=missing, counts=model_obj.needs_counts)
     rank = check_rank(rank, data.shape)
-    return fit_data(data, rank, model_obj, method, seed=seed, dtype=dtype, **inference_options)
+    return fit_data(data, rank, model_obj, method, seed=seed, dtype=dtype,
+                    model_choice=model_choice, **inference_options)

@@ -98,7 +98,8 @@ def small_fits():
         factors, losses, _, _ = cavi_factors(problem, progress=False)
         mc, se = monte_carlo_elbo(problem, factors, 1)
     cavi = bnmf.fit(X_SMALL, 3, method="cavi", dtype="float64", progress=False, num_draws=2000)
-    svi = bnmf.fit(X_SMALL, 3, method="svi", dtype="float64", progress=False, num_draws=2000)
+    svi = bnmf.fit(X_SMALL, 3, model="poisson", method="svi", dtype="float64", progress=False,
+                   num_draws=2000)
     return {"bound": -losses[-1], "losses": losses, "mc": mc, "se": se, "cavi": cavi, "svi": svi}
 
 

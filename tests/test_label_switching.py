@@ -23,7 +23,8 @@ def _permuted_starts(original):
 @pytest.fixture(scope="module")
 def fits():
     X, W_true, _ = simulate(n_features=30, n_samples=40, rank=3, counts_per_sample=800, seed=11)
-    opts = {"method": "gibbs", "num_warmup": 100, "num_samples": 200, "num_chains": 3, "seed": 4}
+    opts = {"model": "poisson", "method": "gibbs", "num_warmup": 100, "num_samples": 200,
+            "num_chains": 3, "seed": 4}
     plain = bnmf.fit(X, 3, **opts)
     patch = pytest.MonkeyPatch()
     original = gibbs.chain_starts

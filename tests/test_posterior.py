@@ -37,7 +37,9 @@ def test_idata_dims_coords_and_groups(svi_fit, labelled):
         arviz_group_names(svi_fit.idata))
     assert svi_fit.idata.constant_data["mask"].values.all()
     attrs = posterior.attrs
-    assert attrs["model"] == "poisson" and attrs["method"] == "svi" and attrs["seed"] == 0
+    # model=None: the hierarchical count model, with the reason recorded
+    assert attrs["model"] == "poisson-hierarchical" and attrs["method"] == "svi"
+    assert attrs["seed"] == 0
     assert attrs["bnmf_version"]
 
 
@@ -49,6 +51,20 @@ def test_default_method_is_nuts_on_small_problems_and_says_why(labelled):
     fit = bnmf.fit(labelled, 2, progress=False, num_draws=150, max_steps=500, min_steps=100)
     assert fit.method == "svi" and fit.num_draws == 150 and fit.elbo is not None
     assert fit.info["method_choice"].startswith("svi")
+
+
+@pytest.mark.parametrize(("method", "options", "expected"), [
+    (None, {}, "poisson-hierarchical"), ("gibbs", {}, "poisson-hierarchical"),
+    ("nuts", {}, "poisson-hierarchical"), ("svi", {"max_steps": 10}, "poisson-hierarchical"),
+    ("map", {}, "poisson"), ("cavi", {}, "poisson"),
+    (None, {"batch_size": 10}, "poisson"),            # an option only CAVI accepts
+    ("gibbs", {"a": 0.5}, "poisson"),                 # the poisson model's hyperparameter
+    ("gibbs", {"shape_scale": 0.5}, "poisson-hierarchical")])
+def test_default_model_follows_the_method(method, options, expected):
+    """model=None fits the hierarchical count model unless the method needs the conjugate
+    prior or the poisson model's hyperparameters are given; the reason names the model."""
+    model, why = bnmf.fitting.default_model(method, options)
+    assert model == expected and why.startswith(expected + ":")
 
 
 @pytest.mark.parametrize("model, shape, rank, options, fixed_W, expected", [
