@@ -35,7 +35,7 @@ from .inference.multiview import fit_multiview_map
 from .models import MODELS, get_model
 from .models.base import check_method, site_dims
 from .models.multiview import MultiView, check_view_name, view_family
-from .options import check_number, check_options, check_seed
+from .options import check_number, check_options, check_prob, check_seed
 from .posterior import (
     DRAW_DIMS,
     MCMC_METHODS,
@@ -432,8 +432,7 @@ class MultiViewFit(PosteriorMetadata):
     def interval(self, prob: float = 0.9) -> dict:
         """Equal-tailed credible intervals: ``{"W": {view: (lower, upper)}, "H": (lower,
         upper)}``, each bound shaped like :attr:`W` [view] or :attr:`H`."""
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         if self.num_draws < 2:
             raise ValueError(f"a fit with method={self.method!r} is a point estimate and has "
                              "no credible interval; fit with method='svi' or 'nuts'.")

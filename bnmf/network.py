@@ -24,6 +24,7 @@ from .inference.network import (
     fit_network_nuts,
 )
 from .models.network import NetworkGamma, graph_arrays
+from .options import check_prob
 from .posterior import (
     PosteriorMetadata,
     _bnmf_version,
@@ -288,8 +289,7 @@ class NetworkFit(PosteriorMetadata):
     def interval(self, prob: float = 0.9) -> dict:
         """Equal-tailed credible intervals of the memberships: ``{site: (lower, upper)}``, each
         (n_nodes, rank)."""
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         self._check_spread()
         tails = [(1 - prob) / 2, (1 + prob) / 2]
         result = {}
@@ -327,8 +327,7 @@ class NetworkFit(PosteriorMetadata):
         largest membership is the main one is below (1 + prob) / 2. With two communities this
         is exactly "the equal-tailed ``prob`` interval of the node's share spans 1/2", i.e. its
         membership interval spans both communities."""
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         self._check_spread()
         p = self.assignment_probability(which)
         return list(p.index[p.to_numpy() < (1 + prob) / 2])

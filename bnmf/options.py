@@ -12,7 +12,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["INFERENCE_OPTIONS", "check_integer", "check_number", "check_options", "check_seed"]
+__all__ = ["INFERENCE_OPTIONS", "check_integer", "check_number", "check_options", "check_prob",
+           "check_seed"]
 
 
 def check_integer(name: str, value, minimum: int | None = None, *, allow_none: bool = False):
@@ -86,3 +87,11 @@ def check_options(options: dict) -> dict:
             checked[name] = check_number(name, value, low, high, low_open=low_open,
                                          high_open=high_open)
     return checked
+
+
+def check_prob(prob, name="prob") -> float:
+    """``prob`` as a float strictly between 0 and 1, else a ValueError naming ``name``."""
+    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating)) \
+            or not 0 < prob < 1:
+        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {prob!r}.")
+    return float(prob)

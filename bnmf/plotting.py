@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .calling.reference import check_prob
+from .options import check_prob
 
 __all__ = ["SBS96_COLOURS", "abundance_draws", "is_sbs96", "plot_abundance_maps",
            "plot_bootstrap", "plot_dispersion", "plot_exposures", "plot_memberships",

@@ -29,6 +29,7 @@ from .inference import RawPosterior
 from .inference.common import numerics
 from .models import MODELS
 from .models.base import site_dims, to_numpyro_layout
+from .options import check_prob
 
 __all__ = ["ARVIZ_MAJOR", "BnmfWarning", "Fit", "PosteriorMetadata", "align_permutation", "compare",
            "convergence_diagnostics", "dispersion_statistic", "load", "normalize", "read_anndata",
@@ -481,8 +482,7 @@ class Fit(PosteriorMetadata):
         Each bound has the shape of :attr:`W` or :attr:`H`. Raises for a MAP fit, which has no
         posterior spread.
         """
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         if self.num_draws < 2:
             raise ValueError(
                 f"a fit with method={self.method!r} is a point estimate and has no credible "
@@ -622,8 +622,7 @@ class Fit(PosteriorMetadata):
             observed count have NaN ratios. ``attrs["fraction_above"]`` is the share of
             features above their interval (about ``(1 - prob) / 2`` when the model fits).
         """
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         replicated = self.replicated_data()
         X, mask = _training_data(self.idata)
         observed_mean, observed = dispersion_statistic(X, mask)
@@ -752,8 +751,7 @@ class Fit(PosteriorMetadata):
         anndata = _import_anndata()
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}.")
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         posterior = arviz_group(self.idata, "posterior")
         features = pd.Index(posterior["feature"].values)
         observations = pd.Index(posterior["observation"].values)

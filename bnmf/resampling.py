@@ -33,6 +33,7 @@ from .fitting import fit as _fit
 from .inference.batch import batch_starts, fit_map_batch, fit_svi_batch, keys_for
 from .inference.common import numerics
 from .models import get_model
+from .options import check_prob
 from .posterior import Fit, align_permutation, arviz_group, cosine_matrix, normalize
 
 __all__ = ["Bootstrap", "bootstrap", "resample_masks"]
@@ -104,8 +105,7 @@ class Bootstrap:
         """(lower, upper) bootstrap interval of W, shaped like ``reference.W`` (default: the
         ``prob`` of the call)."""
         prob = self.settings["prob"] if prob is None else prob
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+        prob = check_prob(prob)
         bounds = np.quantile(self.W, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         W = self.reference.W
         if isinstance(W, pd.DataFrame):
@@ -188,8 +188,7 @@ def bootstrap(X, rank: int, n_boot: int = 50, model="poisson", method: str = "ma
                          f"{method!r}.")
     n_boot = _check_positive_int("n_boot", n_boot, 2)
     restarts = _check_positive_int("restarts", restarts, 1)
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must lie in (0, 1), got {prob!r}.")
+    prob = check_prob(prob)
     if not 0 <= min_cosine <= 1:
         raise ValueError(f"min_cosine must lie in [0, 1], got {min_cosine!r}.")
     model_options, inference_options = _split_options(model, options)

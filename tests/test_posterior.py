@@ -138,7 +138,7 @@ def test_interval_contains_mean_and_has_shapes(svi_fit):
         assert np.all(lower.values < upper.values)
     narrow = svi_fit.interval(0.5)["W"]
     assert np.all(narrow[1].values - narrow[0].values <= bounds["W"][1].values - bounds["W"][0].values)
-    with pytest.raises(ValueError, match="prob must lie in"):
+    with pytest.raises(ValueError, match="prob must be a number strictly between"):
         svi_fit.interval(1.5)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import Data
+from ..options import check_prob
 from ..posterior import Fit
 
 __all__ = ["align_rows", "as_reference", "check_prob"]
@@ -83,11 +84,3 @@ def align_rows(frame: pd.DataFrame, features: pd.Index, name: str) -> pd.DataFra
             "both in the canonical channel order."
         )
     return frame.set_axis(index, axis=0).loc[wanted].set_axis(features, axis=0)
-
-
-def check_prob(prob, name="prob") -> float:
-    """``prob`` as a float strictly between 0 and 1, else a ValueError naming ``name``."""
-    if isinstance(prob, bool) or not isinstance(prob, (int, float, np.floating)) \
-            or not 0 < prob < 1:
-        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {prob!r}.")
-    return float(prob)
