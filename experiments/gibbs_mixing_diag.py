@@ -6,6 +6,8 @@ off)::
 
     nice -n 15 python experiments/gibbs_mixing_diag.py --generator dir0.5-gamma --size 96x300x6
     nice -n 15 python experiments/gibbs_mixing_diag.py --size 96x300x6 --no-block-moves
+    nice -n 15 python experiments/gibbs_mixing_diag.py --generator dir1.5-flat --depth \\
+        --no-orbit-moves
 """
 
 from __future__ import annotations
@@ -43,17 +45,23 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--no-block-moves", action="store_true")
+    parser.add_argument("--no-orbit-moves", action="store_true")
+    parser.add_argument("--depth", action="store_true",
+                        help="poisson-hierarchical with depth=True (per-sample H rates)")
     args = parser.parse_args(argv)
     F, N, K = (int(v) for v in args.size.split("x"))
     X, W, H, _ = simulate(args.generator, F, N, K, 0)
     start = time.perf_counter()
-    fit = bnmf.fit(X, K, model=args.model, method="gibbs", seed=0, num_chains=args.chains,
+    model = (bnmf.models.HierarchicalPoissonGamma(depth=True) if args.depth else args.model)
+    fit = bnmf.fit(X, K, model=model, method="gibbs", seed=0, num_chains=args.chains,
                    num_warmup=args.warmup, num_samples=args.samples,
-                   block_moves=False if args.no_block_moves else None)
+                   block_moves=False if args.no_block_moves else None,
+                   orbit_moves=not args.no_orbit_moves)
     seconds = time.perf_counter() - start
     d = fit.idata.posterior["W"].values  # (chain, draw, F, K), normalized and aligned
     rhat, ess = _rhat_ess(d)
-    print(f"{args.generator} {args.size} {args.model} block_moves={fit.info['block_moves']} "
+    print(f"{args.generator} {args.size} {args.model} depth={args.depth} block_moves={fit.info['block_moves']} "
+          f"orbit_moves={fit.info['orbit_moves']} "
           f"{seconds:.0f} s: R-hat <= 1.01 for {np.mean(rhat <= 1.01):.3f}, median R-hat "
           f"{np.median(rhat):.3f}, ESS median {np.median(ess):.0f}, 5th percentile "
           f"{np.percentile(ess, 5):.0f}; coverage {coverage(fit, W, H)}")

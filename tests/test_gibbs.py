@@ -269,6 +269,10 @@ def test_gibbs_refuses_other_models_and_bad_options():
         bnmf.fit(X, 2, method="gibbs", num_chains=0)
     with pytest.raises(ValueError, match="non-negative integers"):
         gp.allocation(np.zeros(1, int), np.zeros(1, int), np.array([1.5]), jnp.float32)
+    with pytest.raises(ValueError, match="orbit_moves must be True or False"):
+        bnmf.fit(X, 2, method="gibbs", orbit_moves="yes")
+    with pytest.raises(ValueError, match="depth must be True or False"):
+        HierarchicalPoissonGamma(depth=1)
 
 
 def test_hierarchical_model_is_never_silently_replaced():
@@ -286,6 +290,7 @@ def test_same_seed_same_draws():
     a, b = bnmf.fit(X, 2, **opts), bnmf.fit(X, 2, **opts)
     np.testing.assert_array_equal(a.idata.posterior["H"].values, b.idata.posterior["H"].values)
     assert a.info["block_moves"] is True  # on by default for dense counts
+    assert a.info["orbit_moves"] is True
 
 
 # ------------------------------------------------------------------------ block moves
@@ -339,7 +344,7 @@ def test_block_moves_alone_leave_the_conditional_invariant():
     rows, cols = np.nonzero(X)
     alloc = gp.allocation(rows, cols, X[rows, cols], jnp.float64, gp.MAX_TOKENS)
     prior = gp.HyperPrior(1.0, 1.0, 1.0)
-    gdata = g.GibbsData(alloc, DenseCounts(jnp.asarray(X), None), prior, prior)
+    gdata = g.GibbsData(alloc, DenseCounts(jnp.asarray(X), None), prior, prior, jnp.zeros(5))
     state = g.gibbs_init(KEY, jnp.asarray(W), jnp.ones((2, 5)),
                          {"a_W": np.ones(2), "b_W": np.ones(2), "a_H": a, "b_H": b})
     def sweep(state, _):
@@ -363,3 +368,218 @@ def test_block_moves_need_dense_counts():
     assert bnmf.fit(sp.csr_matrix(X), 2, **opts).info["block_moves"] is False
     with pytest.raises(ValueError, match="block_moves must be None, True or False"):
         bnmf.fit(X, 2, block_moves="yes", **opts)
+
+
+# ------------------------------------------------------------- depths and shear moves
+def test_depths_dense_sparse_and_masked():
+    """Relative depths: (1 + observed counts) / (1 + observed entries) over its mean, the same
+    from SciPy sparse input; an empty sample gets a small positive depth; masked entries are
+    not read."""
+    import scipy.sparse as sp
+
+    from bnmf.models.counts import sparse_counts
+    from bnmf.models.hierarchical import sample_depth
+    rng = np.random.default_rng(11)
+    X = rng.poisson(rng.gamma(1.0, 20.0, 6), (10, 6)).astype(float)
+    X[:, 2] = 0.0
+    per_entry = (1 + X.sum(axis=0)) / (1 + X.shape[0])
+    expected = per_entry / per_entry.mean()
+    np.testing.assert_allclose(sample_depth(jnp.asarray(X)), expected, rtol=1e-6)
+    assert sample_depth(jnp.asarray(X))[2] > 0
+    sparse = sparse_counts(sp.csr_matrix(X), dtype="float64")
+    np.testing.assert_allclose(sample_depth(sparse), expected, rtol=1e-6)
+    mask = np.ones(X.shape, bool)
+    mask[0, 1] = False
+    X2 = X.copy()
+    X2[0, 1] = 1e6
+    np.testing.assert_allclose(sample_depth(jnp.asarray(X), mask),
+                               sample_depth(jnp.asarray(X2), mask), rtol=1e-12)
+    assert not np.allclose(sample_depth(jnp.asarray(X), mask), expected)
+
+
+def test_depth_scaled_H_conditionals_are_the_models():
+    """With depths s_j, the sampler's H conditional Gamma(a_k + S_kj, b_k / s_j + (Wᵀ 1)_k)
+    and its rate conditional Gamma(α0 + n a_k, β0 + Σ_j H_kj / s_j) against NumPyro's log
+    density of the hierarchical model (whose depths come from the same X)."""
+    from bnmf.models.hierarchical import sample_depth
+    rng = np.random.default_rng(12)
+    F, N, K = 6, 5, 2
+    X = rng.poisson(rng.gamma(1.0, 8.0, N), (F, N)).astype(float)
+    model = HierarchicalPoissonGamma(rate_shape=1.5, rate_rate_W=0.7, rate_rate_H=2.0, depth=True)
+    s = np.asarray(sample_depth(jnp.asarray(X)))
+    assert s.std() > 0.3  # the depths differ: the test can see them
+    extras = {"a_W": np.array([0.4, 1.2]), "b_W": np.array([0.9, 2.5]),
+              "a_H": np.array([1.1, 0.8]), "b_H": np.array([0.6, 1.4])}
+    W = rng.gamma(1.0, 1.0, (F, K))
+    z = _random_split(rng, X, K)
+    H1, H2 = rng.gamma(2.0, 1.0, (2, K, N))
+    # the sampler's own draw parameters: update_H with the per-entry rates gibbs_step passes
+    rate = extras["b_H"][:, None] / s[None, :]
+    shape = extras["a_H"][:, None] + z.sum(axis=0).T
+    cond = lambda H: np.sum(stats.gamma.logpdf(H, shape, scale=1 / (rate + W.sum(axis=0)[:, None])))
+    joint = lambda H: (float(_log_joint(model, X, W, H, extras))
+                       + _log_multinomial(z, X, W, H))
+    np.testing.assert_allclose(cond(H2) - cond(H1), joint(H2) - joint(H1), rtol=1e-6)
+    # rate of H: Gamma(α0 + N a, β0 + Σ_j H / s)
+    H = H1
+    rate_cond = lambda b: np.sum(stats.gamma.logpdf(
+        b, model.rate_shape + N * extras["a_H"],
+        scale=1 / (model.rate_rate_H + (H / s[None, :]).sum(axis=1))))
+    joint_b = lambda b: float(_log_joint(model, X, W, H, {**extras, "b_H": b}))
+    b1, b2 = np.array([0.6, 1.4]), np.array([2.0, 0.3])
+    np.testing.assert_allclose(rate_cond(b2) - rate_cond(b1), joint_b(b2) - joint_b(b1),
+                               rtol=1e-6)
+    # and the sampler's update draws from the per-entry rates: its mean matches
+    from bnmf.models.counts import DenseCounts
+    counts = DenseCounts(jnp.zeros((F, N)), None)
+    draws = np.exp(np.asarray(jax.vmap(lambda k: gp.update_H(
+        k, jnp.log(jnp.asarray(W)), jnp.asarray(extras["a_H"]), jnp.asarray(rate),
+        jnp.asarray(z.sum(axis=0).T), counts))(jax.random.split(KEY, 4000))))
+    full_rate = rate + W.sum(axis=0)[:, None]
+    sd = np.sqrt(shape) / full_rate
+    assert np.all(np.abs(draws.mean(axis=0) - shape / full_rate) < 5 * sd / np.sqrt(4000))
+
+
+def test_shear_keeps_WH_and_its_density_is_the_models():
+    """A shear W_l + εW_k, H_k − εH_l keeps W H, and its target log π(ε) − log π(0) equals
+    NumPyro's log density of the hierarchical model at the sheared point minus at the
+    current one (the likelihood unchanged, the prior with the depths); outside the bounds
+    π is 0."""
+    from bnmf.inference.gibbs_orbit import log_shift, shear_bounds, shear_log_density
+    from bnmf.models.hierarchical import sample_depth
+    rng = np.random.default_rng(13)
+    F, N, K = 7, 6, 3
+    X = rng.poisson(rng.gamma(1.0, 8.0, N), (F, N)).astype(float)
+    model = HierarchicalPoissonGamma(rate_rate_W=0.7, rate_rate_H=2.0, depth=True)
+    s = np.asarray(sample_depth(jnp.asarray(X)))
+    extras = {"a_W": np.array([0.4, 1.2, 2.0]), "b_W": np.array([0.9, 2.5, 1.0]),
+              "a_H": np.array([1.1, 0.8, 0.5]), "b_H": np.array([0.6, 1.4, 1.0])}
+    W, H = rng.gamma(1.0, 1.0, (F, K)), rng.gamma(1.0, 1.0, (K, N))
+    logW, logH = jnp.log(jnp.asarray(W)), jnp.log(jnp.asarray(H))
+    rate_H = extras["b_H"][:, None] / s[None, :]
+    for k, l in ((0, 1), (2, 0), (1, 2)):
+        args = (logW[:, k], logW[:, l], logH[k], logH[l], extras["a_W"][l],
+                extras["b_W"][l], extras["a_H"][k], jnp.asarray(rate_H[k]))
+        lo, hi = (float(v) for v in shear_bounds(*args[:4]))
+        assert lo < 0 < hi
+        for eps in (0.6 * lo, 0.3 * hi, 0.97 * hi):
+            W2, H2 = W.copy(), H.copy()
+            W2[:, l] = np.exp(log_shift(logW[:, l], logW[:, k], eps))
+            H2[k] = np.exp(log_shift(logH[k], logH[l], -eps))
+            np.testing.assert_allclose(W2 @ H2, W @ H, rtol=1e-5)  # float32
+            lhs = float(shear_log_density(eps, *args) - shear_log_density(0.0, *args))
+            rhs = float(_log_joint(model, X, W2, H2, extras) - _log_joint(model, X, W, H, extras))
+            np.testing.assert_allclose(lhs, rhs, rtol=1e-4, atol=1e-4)
+        for eps in (1.01 * lo, 1.01 * hi):
+            assert shear_log_density(eps, *args) == -np.inf
+
+
+def test_shear_moves_leave_the_prior_invariant():
+    """The likelihood is constant along the orbits, so shear moves alone keep any prior of
+    independent gamma entries invariant: exact prior draws, sheared, are still prior draws
+    (Kolmogorov–Smirnov per entry; shapes below and above 1, per-entry rates of H)."""
+    from bnmf.inference.gibbs_orbit import shear_moves
+    rng = np.random.default_rng(14)
+    F, N, K, n = 3, 2, 3, 4000
+    a_W, b_W = np.array([0.6, 1.5, 3.0]), np.array([1.0, 2.0, 0.5])
+    a_H = np.array([2.0, 0.7, 1.2])
+    rate_H = np.array([[1.0, 0.5], [2.0, 1.0], [0.8, 3.0]])
+    W = rng.gamma(a_W, 1 / b_W, (n, F, K))
+    H = rng.gamma(a_H[:, None], 1 / rate_H, (n, K, N))
+    move = jax.jit(jax.vmap(lambda key, lw, lh: shear_moves(
+        key, lw, lh, jnp.asarray(a_W), jnp.asarray(b_W), jnp.asarray(a_H),
+        jnp.asarray(rate_H))))
+    logW, logH = move(jax.random.split(KEY, n), jnp.log(jnp.asarray(W)), jnp.log(jnp.asarray(H)))
+    W2, H2 = np.exp(np.asarray(logW)), np.exp(np.asarray(logH))
+    assert np.mean(np.abs(W2 - W) > 1e-6 * W) > 0.5  # the moves move
+    p_values = [stats.kstest(W2[:, i, k], "gamma", (a_W[k], 0, 1 / b_W[k])).pvalue
+                for i in range(F) for k in range(K)]
+    p_values += [stats.kstest(H2[:, k, j], "gamma", (a_H[k], 0, 1 / rate_H[k, j])).pvalue
+                 for k in range(K) for j in range(N)]
+    # 15 tests: all above 1e-3 unless the moves change the distribution
+    assert min(p_values) > 1e-3, np.round(p_values, 4)
+
+
+def test_rescaling_density_is_the_models():
+    """log π(t) of rescaling components (W_k e^t, H_k e^−t) against NumPyro's log density:
+    with fixed rates, log p(X, W(t), H(t)) + (F − N) t; with learned rates integrated out,
+    log p(X, W(t), H(t), a, b) − log p(b | a, W(t), H(t)) + (F − N) t, for any b (the
+    depths in H's rates, and the Jacobian, included)."""
+    from bnmf.inference.gibbs_orbit import scale_log_density
+    from bnmf.models.hierarchical import sample_depth
+    rng = np.random.default_rng(15)
+    F, N, K = 7, 5, 2
+    X = rng.poisson(rng.gamma(1.0, 8.0, N), (F, N)).astype(float)
+    W, H = rng.gamma(1.0, 1.0, (F, K)), rng.gamma(1.0, 1.0, (K, N))
+    t1, t2 = np.array([0.3, -0.8]), np.array([-0.5, 1.1])
+    moved = lambda t: (W * np.exp(t)[None, :], H * np.exp(-t)[:, None])
+    a_W, a_H = np.array([0.4, 1.7]), np.array([1.1, 0.6])
+    # fixed rates: the poisson model
+    fixed = PoissonGamma(a=0.7, rate_W=1.3, rate_H=0.4)
+    lhs = lambda t: float(np.sum(scale_log_density(
+        jnp.asarray(t), jnp.log(jnp.asarray(W.sum(0))), jnp.log(jnp.asarray(H.sum(1))), F, N,
+        0.7, 1.3, 0.7, 0.4, None, None, False)))
+    rhs = lambda t: float(_log_joint(fixed, X, *moved(t))) + (F - N) * t.sum()
+    np.testing.assert_allclose(lhs(t2) - lhs(t1), rhs(t2) - rhs(t1), rtol=1e-5)
+    # learned rates: the hierarchical model, rates integrated out
+    model = HierarchicalPoissonGamma(rate_shape=1.5, rate_rate_W=0.7, rate_rate_H=2.0, depth=True)
+    s = np.asarray(sample_depth(jnp.asarray(X)))
+    prior_W = gp.HyperPrior(1.0, model.rate_shape, model.rate_rate_W)
+    prior_H = gp.HyperPrior(1.0, model.rate_shape, model.rate_rate_H)
+    lhs = lambda t: float(np.sum(scale_log_density(
+        jnp.asarray(t), jnp.log(jnp.asarray(W.sum(0))),
+        jnp.log(jnp.asarray((H / s[None, :]).sum(1))), F, N, jnp.asarray(a_W), None,
+        jnp.asarray(a_H), None, prior_W, prior_H, True)))
+
+    def rhs(t, b_W, b_H):
+        W_t, H_t = moved(t)
+        extras = {"a_W": a_W, "b_W": b_W, "a_H": a_H, "b_H": b_H}
+        conditional = (stats.gamma.logpdf(b_W, 1.5 + F * a_W, scale=1 / (0.7 + W_t.sum(0)))
+                       + stats.gamma.logpdf(b_H, 1.5 + N * a_H,
+                                            scale=1 / (2.0 + (H_t / s[None, :]).sum(1))))
+        return (float(_log_joint(model, X, W_t, H_t, extras)) - conditional.sum()
+                + (F - N) * t.sum())
+
+    for b_W, b_H in ((np.array([0.9, 2.5]), np.array([0.6, 1.4])),
+                     (np.array([3.0, 0.2]), np.array([1.5, 0.1]))):
+        np.testing.assert_allclose(lhs(t2) - lhs(t1), rhs(t2, b_W, b_H) - rhs(t1, b_W, b_H),
+                                   rtol=1e-4)  # float32
+
+
+def test_rescaling_moves_leave_the_hierarchical_prior_invariant():
+    """Exact draws of (b, W, H) from the hierarchical prior (shapes fixed, depths s), rescaled
+    with the rates integrated out and b_W, b_H then redrawn from their conditionals, are still
+    prior draws: two-sample KS against fresh prior draws, per component, for W's and H's
+    column sums and entries and for the rates."""
+    from bnmf.inference.gibbs_orbit import scale_moves
+    rng = np.random.default_rng(16)
+    F, N, K, n = 4, 3, 2, 4000
+    a_W, a_H, s = np.array([0.6, 2.0]), np.array([1.5, 0.8]), np.array([0.5, 1.0, 2.0])
+    prior_W, prior_H = gp.HyperPrior(1.0, 2.0, 1.5), gp.HyperPrior(1.0, 3.0, 0.5)
+
+    def prior_draws(rng):
+        b_W = rng.gamma(2.0, 1 / 1.5, (n, K))
+        b_H = rng.gamma(3.0, 1 / 0.5, (n, K))
+        W = rng.gamma(a_W, 1 / b_W[:, None, :], (n, F, K))
+        H = rng.gamma(a_H[None, :, None], s[None, None, :] / b_H[:, :, None], (n, K, N))
+        return b_W, b_H, W, H
+
+    b_W, b_H, W, H = prior_draws(rng)
+    move = jax.jit(jax.vmap(lambda key, lw, lh, bw, bh: scale_moves(
+        key, lw, lh, jnp.asarray(a_W), bw, jnp.asarray(a_H), bh, jnp.log(jnp.asarray(s)),
+        prior_W, prior_H, True)))
+    keys = jax.random.split(KEY, n)
+    logW, logH, b_W2 = move(keys, jnp.log(jnp.asarray(W)), jnp.log(jnp.asarray(H)),
+                            jnp.asarray(b_W), jnp.asarray(b_H))
+    W2, H2 = np.exp(np.asarray(logW)), np.exp(np.asarray(logH))
+    b_H2 = rng.gamma(3.0 + N * a_H, 1 / (0.5 + (H2 / s).sum(axis=2)))  # the sweep's next draw
+    assert np.mean(np.abs(np.log(W2[:, 0] / W[:, 0])) > 1e-3) > 0.5  # the moves move
+    ref_b_W, ref_b_H, ref_W, ref_H = prior_draws(np.random.default_rng(17))
+    p_values = []
+    for k in range(K):
+        for ours, ref in ((np.asarray(b_W2)[:, k], ref_b_W[:, k]), (b_H2[:, k], ref_b_H[:, k]),
+                          (W2[:, :, k].sum(1), ref_W[:, :, k].sum(1)),
+                          (H2[:, k].sum(1), ref_H[:, k].sum(1)), (W2[:, 0, k], ref_W[:, 0, k]),
+                          (H2[:, k, 2], ref_H[:, k, 2])):
+            p_values.append(stats.ks_2samp(ours, ref).pvalue)
+    assert min(p_values) > 1e-3, np.round(p_values, 4)

@@ -24,6 +24,7 @@ from ..models.hierarchical import HierarchicalPoissonGamma
 from ..models.poisson import poisson_counts
 from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
 from .gibbs_block import block_update_H, block_update_W
+from .gibbs_orbit import scale_moves, shear_moves
 from .gibbs_poisson import (
     MAX_TOKENS,
     Allocation,
@@ -62,6 +63,7 @@ class GibbsData(NamedTuple):
     counts: object        # DenseCounts or SparseCounts (for M Hᵀ, Wᵀ M)
     prior_W: HyperPrior
     prior_H: HyperPrior
+    log_depth: jax.Array  # (n_samples,): H_kj's prior rate is b_k / depth_j
 
 
 def check_gibbs_problem(problem: Problem) -> bool:
@@ -84,31 +86,45 @@ def gibbs_init(key, W, H, hyper: dict) -> GibbsState:
 
 
 def gibbs_step(state: GibbsState, data: GibbsData, *, learn: bool, sample_W: bool,
-               block: bool = False) -> GibbsState:
+               block: bool = False, orbit: bool = False) -> GibbsState:
     """One sweep: z | W, H; W | z, H; (a_W, b_W) | W; H | z, W; (a_H, b_H) | H; with
-    ``block`` (dense counts), then W's rows | H and H's columns | W by exact independence
-    Metropolis–Hastings steps without the latent counts (:mod:`bnmf.inference.gibbs_block`).
+    ``orbit`` (and W sampled), moves along the orbits of W H, which leave the likelihood
+    unchanged (:mod:`bnmf.inference.gibbs_orbit`): each component rescaled before
+    (a_H, b_H) | H, then shears of one component into another; with ``block`` (dense
+    counts), then W's rows | H
+    and H's columns | W by exact independence Metropolis–Hastings steps without the latent
+    counts (:mod:`bnmf.inference.gibbs_block`).
 
     Its random numbers come from the non-partitionable threefry (JAX's counter layout before
     0.5, as good a stream): on CPU the partitionable one took 10–30× longer for the same
     number of bits, and the split's bits are most of a sweep."""
     with jax.threefry_partitionable(False):
-        key, k_split, k_W, k_hW, k_H, k_hH, k_bW, k_bH = jax.random.split(state.key, 8)
+        key, k_split, k_W, k_hW, k_H, k_hH, k_bW, k_bH, k_s, k_c = jax.random.split(
+            state.key, 10)
         S_W, S_H = latent_sums(k_split, state.logW, state.logH, data.alloc)
         logW, a_W, b_W = state.logW, state.a_W, state.b_W
         if sample_W:
             logW = update_W(k_W, state.logH, a_W, b_W, S_W, data.counts)
             if learn:
                 a_W, b_W = update_shape_rate(k_hW, a_W, logW, 0, data.prior_W)
-        logH = update_H(k_H, logW, state.a_H, state.b_H, S_H, data.counts)
+        inverse_depth = jnp.exp(-data.log_depth)[None, :]
+        logH = update_H(k_H, logW, state.a_H, state.b_H[:, None] * inverse_depth, S_H,
+                        data.counts)
         a_H, b_H = state.a_H, state.b_H
-        if learn:
-            a_H, b_H = update_shape_rate(k_hH, a_H, logH, 1, data.prior_H)
+        if orbit and sample_W:  # rescale components (with learned rates: b_W redrawn)
+            logW, logH, b_W = scale_moves(k_c, logW, logH, a_W, b_W, a_H, b_H,
+                                          data.log_depth, data.prior_W, data.prior_H, learn)
+        if learn:  # (a, b) | H / depth: those are the Gamma(a_k, b_k) entries
+            a_H, b_H = update_shape_rate(k_hH, a_H, logH - data.log_depth[None, :], 1,
+                                         data.prior_H)
+        rate_H = b_H[:, None] * inverse_depth
+        if orbit and sample_W:
+            logW, logH = shear_moves(k_s, logW, logH, a_W, b_W, a_H, rate_H)
         if block:
             X, weight = data.counts.X, data.counts.weight
             if sample_W:
                 logW, _ = block_update_W(k_bW, logW, logH, a_W, b_W, X, weight)
-            logH, _ = block_update_H(k_bH, logW, logH, a_H, b_H, X, weight)
+            logH, _ = block_update_H(k_bH, logW, logH, a_H, rate_H, X, weight)
     return GibbsState(logW, logH, a_W, b_W, a_H, b_H, key)
 
 
@@ -122,11 +138,12 @@ def over_chains(fn, states):
     return jax.vmap(fn)(states)
 
 
-@partial(jax.jit, static_argnames=("learn", "sample_W", "block"))
-def _draws(states, data, thin, *, learn, sample_W, block):
+@partial(jax.jit, static_argnames=("learn", "sample_W", "block", "orbit"))
+def _draws(states, data, thin, *, learn, sample_W, block, orbit):
     """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
     with draws a GibbsState batched (chain, draw), keys left out."""
-    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W, block=block)
+    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W, block=block,
+                   orbit=orbit)
 
     def one(state):
         def draw(s, _):
@@ -159,8 +176,16 @@ def _start_model(problem: Problem, observed_mean: float) -> PoissonGamma:
     return PoissonGamma(a=1.0, rate_W=rate, rate_H=rate)
 
 
-def _start_hyper(problem: Problem, W, H) -> dict:
-    return _gibbs_prior(problem).start(W, H)
+def _depth(problem: Problem, dtype) -> jax.Array:
+    """The model's relative sample depths (n_samples,), ones where it has none."""
+    depth = _gibbs_prior(problem).depth
+    if depth is None:
+        return jnp.ones(problem.X.shape[1], dtype)
+    return jnp.asarray(depth(problem.X, problem.mask), dtype)
+
+
+def _start_hyper(problem: Problem, W, H, depth) -> dict:
+    return _gibbs_prior(problem).start(W, H / np.asarray(depth)[None, :])
 
 
 def chain_starts(problem: Problem, num_chains: int, init: str, seed: int, max_iter: int = 500):
@@ -209,6 +234,7 @@ def fit_gibbs(
     thin: int = 1,
     max_tokens: int = MAX_TOKENS,
     block_moves: bool | None = None,
+    orbit_moves: bool = True,
     progress: bool | None = None,
 ) -> RawPosterior:
     """Sample the posterior of the ``poisson`` or ``poisson-hierarchical`` model exactly, by
@@ -235,6 +261,12 @@ def fit_gibbs(
         latent counts alone mix slowly at depth. Dense counts only: ``None`` (default) runs
         them on dense X and not on SciPy sparse X (``info["block_moves"]`` says which);
         ``True`` with sparse X raises; ``False`` runs the latent-count sweep alone.
+    orbit_moves : bool
+        In each sweep, rescale every component and shear components into one another along
+        the orbits of W H, which leave the likelihood unchanged, by exact slice draws
+        (:mod:`bnmf.inference.gibbs_orbit`): without them the learned rates hardly move and
+        chains stay put on the ridge of near-equal W H that dense parts and mixed activities
+        make. Any input; none when W is fixed (``info["orbit_moves"]``).
 
     Returns
     -------
@@ -251,21 +283,24 @@ def fit_gibbs(
     rows, cols, values = _entries(problem)
     alloc = allocation(rows, cols, values, dtype, max_tokens)
     prior_W, prior_H = _priors(problem, dtype)
-    data = GibbsData(alloc, poisson_counts(problem), prior_W, prior_H)
+    depth = _depth(problem, dtype)
+    data = GibbsData(alloc, poisson_counts(problem), prior_W, prior_H, jnp.log(depth))
     sample_W = problem.W_fixed is None
     block = _block_moves(block_moves, data.counts)
+    if not isinstance(orbit_moves, bool):
+        raise ValueError(f"orbit_moves must be True or False, got {orbit_moves!r}.")
 
     Ws, Hs = chain_starts(problem, num_chains, init, seed)
     keys = jax.random.split(key_from_seed(seed), num_chains)
     states = [gibbs_init(k, jnp.asarray(W, dtype), jnp.asarray(H, dtype),
-                         _start_hyper(problem, W, H)) for k, W, H in zip(keys, Ws, Hs)]
+                         _start_hyper(problem, W, H, depth)) for k, W, H in zip(keys, Ws, Hs)]
     states = jax.tree.map(lambda *x: jnp.stack(x), *states)
     if not sample_W:  # a fixed W is used as given (zeros only floored to the smallest float)
         logW = jnp.log(jnp.maximum(jnp.asarray(problem.W_fixed, dtype), jnp.finfo(dtype).tiny))
         states = states._replace(logW=jnp.broadcast_to(logW, states.logW.shape))
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps", progress)
-    flags = {"learn": learn, "sample_W": sample_W, "block": block}
+    flags = {"learn": learn, "sample_W": sample_W, "block": block, "orbit": orbit_moves}
     # burn-in through the same compiled program as the draws (one compilation, not two):
     # whole chunks of CHUNK sweeps, so num_warmup is rounded up to a multiple of CHUNK
     done = 0
@@ -293,6 +328,7 @@ def fit_gibbs(
         draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()
     info = {"algorithm": "gibbs", "num_chains": num_chains, "num_warmup": done,
             "num_samples": num_samples, "thin": thin, "block_moves": block,
+            "orbit_moves": orbit_moves and sample_W,
             "split": {"token_slots": 0 if alloc.tokens is None
                       else int(alloc.tokens.entry.size * alloc.tokens.slots.size),
                       "binomial_entries": 0 if alloc.binomial is None

@@ -24,16 +24,16 @@ problem). Dense counts only: O(n_features · n_samples · rank²) per Newton ste
 Measured at 96 × 300 rank 6 (Dirichlet(0.5) parts, gamma(0.8) exposures, 1,000 counts per
 sample; 4 chains × 300 draws after 300; ``experiments/gibbs_mixing_diag.py``), median bulk ESS
 of normalized W without → with these moves: 42 → 264 (``poisson-hierarchical``; its learned
-shapes and rates are now the slowest sites) and 513 (``poisson``, fixed priors). Shears of
-one component into another (W_l + εW_k, H_k − εH_l, which keep W H and so the likelihood
-unchanged) by exact slice draws along the orbit were also tried: no gain (ESS 509 vs 513), as
-the non-negativity of sparse factors keeps those orbits short; not kept.
+shapes and rates are now the slowest sites) and 513 (``poisson``, fixed priors). Moves along
+the orbits of W H, which these moves cannot make, are in :mod:`bnmf.inference.gibbs_orbit`.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from .gibbs_poisson import per_column
 
 # Newton steps towards the mode, the largest change of a log entry per step, and the
 # degrees of freedom of the t proposal.
@@ -52,7 +52,7 @@ def column_log_density(u, W, X, weight, a, b):
     lik = X * jnp.log(mu) - mu
     if weight is not None:
         lik = lik * weight
-    return jnp.sum(lik, axis=0) + jnp.sum(a[:, None] * u - b[:, None] * jnp.exp(u), axis=0)
+    return jnp.sum(lik, axis=0) + jnp.sum(a[:, None] * u - per_column(b) * jnp.exp(u), axis=0)
 
 
 def _gradient_curvature(u, W, X, weight, a, b):
@@ -62,7 +62,7 @@ def _gradient_curvature(u, W, X, weight, a, b):
     Xw = X if weight is None else X * weight
     exposure = W.sum(axis=0)[:, None] if weight is None else W.T @ weight  # (K, n)
     ratio = Xw / mu
-    grad = (h * (W.T @ ratio) - h * (exposure + b[:, None]) + a[:, None]).T
+    grad = (h * (W.T @ ratio) - h * (exposure + per_column(b)) + a[:, None]).T
     # Σ_i X_ij W_ik W_il / μ_ij², times h_k h_l
     P = jnp.einsum("ik,il,in->nkl", W, W, ratio / mu) * (h.T[:, :, None] * h.T[:, None, :])
     return grad, P + jnp.diag(a)[None]
@@ -74,7 +74,7 @@ def proposal(W, X, weight, a, b):
     exposure = W.sum(axis=0)[:, None] if weight is None else W.T @ weight
     Xw = X if weight is None else X * weight
     share = W / jnp.maximum(W.sum(axis=1, keepdims=True), jnp.finfo(W.dtype).tiny)
-    u = jnp.log((a[:, None] + share.T @ Xw) / (b[:, None] + exposure))
+    u = jnp.log((a[:, None] + share.T @ Xw) / (per_column(b) + exposure))
 
     def newton(_, u):
         grad, P = _gradient_curvature(u, W, X, weight, a, b)

@@ -262,6 +262,12 @@ def update_W(key, logH, a_W, b_W, S_W, counts):
 
 
 def update_H(key, logW, a_H, b_H, S_H, counts):
-    """log H | z, W: Gamma(a_k + S_H, b_k + (Wᵀ M)_kj), shape (rank, n_samples)."""
+    """log H | z, W: Gamma(a_k + S_H, b_kj + (Wᵀ M)_kj), shape (rank, n_samples); the prior
+    rates ``b_H`` per component (rank,) or per entry (rank, n_samples)."""
     exposure = mask_left(counts, jnp.exp(logW))
-    return log_gamma_draw(key, a_H[:, None] + S_H, b_H[:, None] + exposure)
+    return log_gamma_draw(key, a_H[:, None] + S_H, per_column(b_H) + exposure)
+
+
+def per_column(b):
+    """Prior rates per component (rank,) as a column (rank, 1); (rank, n) ones as given."""
+    return b[:, None] if b.ndim == 1 else b

@@ -245,13 +245,16 @@ class GibbsPrior(NamedTuple):
     * ``hyper_W``, ``hyper_H``: (shape_scale, rate_shape, rate_rate) of their hyperpriors
       (a ~ LogNormal(0, shape_scale), b ~ Gamma(rate_shape, rate_rate)); unused if not learned;
     * ``start(W, H) -> {"a_W", "b_W", "a_H", "b_H"}``: per-component (rank,) starting shapes
-      and rates (the fixed values when not learned).
+      and rates (the fixed values when not learned), H given already divided by the depths;
+    * ``depth(X, mask) -> s`` (n_samples,), or None for 1: H_kj's prior rate is b_k / s_j
+      (X dense with its mask, or SparseCounts).
     """
 
     learned: bool
     hyper_W: tuple
     hyper_H: tuple
     start: Callable
+    depth: Callable | None = None
 
 
 class MapUpdate(NamedTuple):
