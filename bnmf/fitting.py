@@ -131,7 +131,8 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
     with W fixed) and ``NUTS_MAX_ENTRIES`` entries of X, for models whose NUTS calibration was
     measured (``nuts_calibrated``: ``poisson``, ``gaussian``, ``poisson-hierarchical``). Above
     that, the exact Gibbs sampler where the model has one (``poisson``,
-    ``poisson-hierarchical``; :func:`bnmf.inference.gibbs.fit_gibbs`); otherwise the fastest
+    ``poisson-hierarchical``: :func:`bnmf.inference.gibbs.fit_gibbs`; ``gaussian``:
+    :func:`bnmf.inference.gibbs_gaussian.fit_gaussian_gibbs`); otherwise the fastest
     variational posterior: closed-form CAVI where the model has it (the conjugate ``poisson``
     model; when options only CAVI accepts are given, e.g. ``batch_size``), SVI for the others;
     their intervals are narrower than calibrated.
@@ -148,8 +149,8 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
     why = (f"{latent} latent entries, {n_features * n_samples} data entries: too large for NUTS "
            "by default" if calibrated else f"model {name!r}")
     if "gibbs" in supported_methods(model) and _accepts("gibbs", options):
-        return "gibbs", (f"gibbs: {why}; exact latent-count Gibbs sampler, calibrated intervals "
-                         "(experiments/results/calibration.md); R-hat and ESS in fit.info")
+        return "gibbs", (f"gibbs: {why}; exact Gibbs sampler of the model's posterior "
+                         "(experiments/results/calibration_gibbs.md); R-hat and ESS in fit.info")
     if "cavi" in supported_methods(model) and _accepts("cavi", options):
         return "cavi", (f"cavi: {why}; closed-form variational posterior, intervals narrower "
                         "than calibrated (experiments/results/calibration.md)")

@@ -145,7 +145,7 @@ def test_masked_entries_do_not_influence_cavi():
 def test_cavi_refuses_other_models():
     with pytest.raises(ValueError, match=r"model 'gaussian' has no method='cavi' .*"
                                          r"model='poisson' has.*supports method= \['map', "
-                                         r"'svi', 'nuts'\]"):
+                                         r"'svi', 'nuts', 'gibbs'\]"):
         bnmf.fit(X_SMALL, 2, model="gaussian", method="cavi", progress=False)
     with pytest.raises(ValueError, match="num_draws must be a positive integer"):
         bnmf.fit(X_SMALL, 2, method="cavi", progress=False, num_draws=0)

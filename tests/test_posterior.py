@@ -76,7 +76,7 @@ def test_default_model_follows_the_method(method, options, expected):
     (PoissonGamma(), (96, 500), 5, {"num_draws": 100}, False, "cavi"),  # options CAVI takes
     (PoissonGamma(), (96, 21), 5, {"max_steps": 10}, False, "svi"),
     (PoissonGamma(), (96, 500), 5, {"batch_size": 50}, False, "cavi"),
-    (GaussianHalfNormal(), (96, 500), 5, {}, False, "svi"),
+    (GaussianHalfNormal(), (96, 500), 5, {}, False, "gibbs"),
     (GaussianHalfNormal(), (30, 40), 3, {}, False, "nuts"),
     (Horseshoe(), (30, 40), 3, {}, False, "svi"),                # NUTS calibration not measured
 ])

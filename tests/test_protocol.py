@@ -205,7 +205,7 @@ def test_a_missing_capability_names_the_methods_the_model_supports():
                                          r"'nuts'\]"):
         capability(Horseshoe(), "cavi")
     assert supported_methods(PoissonGamma()) == ("map", "svi", "nuts", "cavi", "gibbs")
-    assert supported_methods(GaussianHalfNormal()) == ("map", "svi", "nuts")
+    assert supported_methods(GaussianHalfNormal()) == ("map", "svi", "nuts", "gibbs")
     X = RNG.poisson(3.0, (12, 15))
     with pytest.raises(ValueError, match="supports method="):
         bnmf.fit(X, 2, model="horseshoe", method="cavi")
