@@ -12,7 +12,9 @@ Generators (W columns Dirichlet over features, X ~ Poisson(W H)):
   100–100,000 counts per sample.
 
 Methods: ``gibbs`` (model ``poisson``, data-set rates, shape 1), ``gibbs-hier`` (model
-``poisson-hierarchical``: shapes and rates learned per component) and ``cavi`` (the fast
+``poisson-hierarchical``: shapes and rates learned per component; bnmf.fit's default),
+``gibbs-hier-orbit`` (the same with ``orbit_moves=True``), ``gibbs-hier-depth`` (the same
+model with ``depth=True`` and orbit moves) and ``cavi`` (the fast
 approximation, for comparison). Run from the repository root (the machine is shared: nice)::
 
     nice -n 15 python experiments/calibration_gibbs.py --sizes 96x600x6 --replicates 1 \\
@@ -35,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 import bnmf
+from bnmf.models import HierarchicalPoissonGamma
 from bnmf.posterior import align_permutation, normalize
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,6 +48,10 @@ GENERATORS = ("gamma-prior", "dir0.1-skewed", "dir0.5-gamma", "dir1.5-flat")
 METHODS = {
     "gibbs": {"method": "gibbs"},
     "gibbs-hier": {"method": "gibbs", "model": "poisson-hierarchical"},
+    "gibbs-hier-orbit": {"method": "gibbs", "model": "poisson-hierarchical",
+                         "orbit_moves": True},
+    "gibbs-hier-depth": {"method": "gibbs", "model": HierarchicalPoissonGamma(depth=True),
+                         "orbit_moves": True},
     "cavi": {"method": "cavi"},
 }
 # bnmf.fit's defaults for method="gibbs", spelled out so the report states them
@@ -100,7 +107,7 @@ def run(sizes, replicates, csv: Path, generators=GENERATORS, methods=tuple(METHO
                 for label in methods:
                     spec = METHODS[label]
                     options = dict(spec)
-                    if label != "gibbs-hier":
+                    if not label.startswith("gibbs-hier"):
                         options.update(model_options)
                     if options["method"] == "gibbs":
                         options.update(GIBBS_OPTIONS)

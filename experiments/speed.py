@@ -1138,15 +1138,29 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
     return "\n".join(lines)
 
 
+# The sweeps timed by --gibbs: (label, model, gibbs_step flags). "latent counts" is the
+# split of every count with W and H from their gamma conditionals; "default" is what
+# bnmf.fit(X, rank, method="gibbs") runs on dense counts (learned shapes and rates, block
+# moves, orbit moves).
+GIBBS_SWEEPS = (
+    ("latent counts (poisson)", bnmf.models.PoissonGamma(a=1.0, rate_W=1.0, rate_H=1.0),
+     {"learn": False, "sample_W": True, "block": False, "orbit": False}),
+    ("default (poisson-hierarchical, block and orbit moves)",
+     bnmf.models.HierarchicalPoissonGamma(rate_rate_W=1.0, rate_rate_H=1.0),
+     {"learn": True, "sample_W": True, "block": True, "orbit": True}),
+)
+
+
 def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 10,
                       counts_per_sample: float = 1000.0, chains=(1, 4), repeats: int = 3) -> dict:
-    """Gibbs sweeps of ``model="poisson"`` against scikit-learn MU/KL iterations on the same X,
-    in the same run: Dirichlet(0.5) parts, gamma(0.8) exposures.
+    """Gibbs sweeps (each of :data:`GIBBS_SWEEPS`) against scikit-learn MU/KL iterations on
+    the same X, in the same run: Dirichlet(0.5) parts, gamma(0.8) exposures.
 
-    For each number of chains, the compiled chunk of ``CHUNK`` sweeps that ``fit_gibbs`` runs
-    (chains as ``over_chains`` runs them): the first call (compilation and one chunk), then the
-    best of ``repeats`` warm calls, per sweep and chain. scikit-learn: the best of
-    ``repeats`` fits of 50 iterations (tol=0), per iteration, timed between the Gibbs calls."""
+    For each sweep and number of chains, the compiled chunk of ``CHUNK`` sweeps that
+    ``fit_gibbs`` runs (chains as ``over_chains`` runs them): the first call (compilation
+    and one chunk), then the best of ``repeats`` warm calls, per sweep and chain.
+    scikit-learn: the best of ``repeats`` fits of 50 iterations (tol=0), per iteration,
+    timed between the Gibbs calls."""
     import jax.numpy as jnp
 
     from bnmf.inference.common import Problem
@@ -1158,12 +1172,7 @@ def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 1
     W = rng.dirichlet(np.full(n_features, 0.5), rank).T
     H = rng.gamma(0.8, counts_per_sample / (0.8 * rank), (rank, n_samples))
     X = rng.poisson(W @ H).astype(np.float32)
-    problem = Problem(jnp.asarray(X), jnp.ones(X.shape, bool), rank,
-                      bnmf.models.PoissonGamma(a=1.0, rate_W=1.0, rate_H=1.0))
-    data = GibbsData(allocation(*_entries(problem), jnp.float32), poisson_counts(problem),
-                     *_priors(problem, jnp.float32))
     one = {"a_W": np.ones(rank), "b_W": np.ones(rank), "a_H": np.ones(rank), "b_H": np.ones(rank)}
-    flags = {"learn": False, "sample_W": True}
 
     def mu_iteration() -> float:
         estimator = NMF(rank, solver="mu", beta_loss="kullback-leibler", init="nndsvda",
@@ -1175,21 +1184,26 @@ def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 1
         return (time.perf_counter() - start) / estimator.n_iter_
 
     mu, rows = [], []
-    for n_chains in chains:
-        keys = jax.random.split(jax.random.PRNGKey(0), n_chains)
-        states = jax.tree.map(lambda *x: jnp.stack(x), *[
-            gibbs_init(k, jnp.asarray(W, jnp.float32), jnp.asarray(H, jnp.float32), one)
-            for k in keys])
-        start = time.perf_counter()
-        jax.block_until_ready(_draws(states, data, 1, **flags))
-        first = time.perf_counter() - start
-        warm = []
-        for _ in range(repeats):
-            mu.append(mu_iteration())
+    for label, model, flags in GIBBS_SWEEPS:
+        problem = Problem(jnp.asarray(X), jnp.ones(X.shape, bool), rank, model)
+        data = GibbsData(allocation(*_entries(problem), jnp.float32), poisson_counts(problem),
+                         *_priors(problem, jnp.float32), jnp.zeros(n_samples, jnp.float32))
+        for n_chains in chains:
+            keys = jax.random.split(jax.random.PRNGKey(0), n_chains)
+            states = jax.tree.map(lambda *x: jnp.stack(x), *[
+                gibbs_init(k, jnp.asarray(W, jnp.float32), jnp.asarray(H, jnp.float32), one)
+                for k in keys])
             start = time.perf_counter()
             jax.block_until_ready(_draws(states, data, 1, **flags))
-            warm.append((time.perf_counter() - start) / CHUNK / n_chains)
-        rows.append({"chains": n_chains, "first_call_s": first, "sweep_ms": 1e3 * min(warm)})
+            first = time.perf_counter() - start
+            warm = []
+            for _ in range(repeats):
+                mu.append(mu_iteration())
+                start = time.perf_counter()
+                jax.block_until_ready(_draws(states, data, 1, **flags))
+                warm.append((time.perf_counter() - start) / CHUNK / n_chains)
+            rows.append({"sweep": label, "chains": n_chains, "first_call_s": first,
+                         "sweep_ms": 1e3 * min(warm)})
     mu_ms = 1e3 * min(mu)
     for row in rows:
         row["ratio"] = row["sweep_ms"] / mu_ms
@@ -1206,8 +1220,10 @@ def gibbs_section(result: dict) -> str:
         "## Gibbs sweep",
         "",
         f"`python experiments/speed.py --gibbs`: one sweep of `method=\"gibbs\"` "
-        f"(`model=\"poisson\"`, the split of every count, W and H from their gamma "
-        f"conditionals) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
+        "(*latent counts*: `model=\"poisson\"`, the split of every count, W and H from their "
+        "gamma conditionals; *default*: what `bnmf.fit(X, rank, method=\"gibbs\")` runs on "
+        "dense counts, `model=\"poisson-hierarchical\"` with its shapes and rates, block "
+        f"moves and orbit moves) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
         f"non-zero entries ({result['token_slots']:,} token slots), float32, against one "
         "scikit-learn MU/KL iteration on the same X measured between the Gibbs calls (best of "
         f"3 each): {result['sklearn_mu_iteration_ms']:.1f} ms. Per sweep and chain, warm; "
@@ -1217,9 +1233,10 @@ def gibbs_section(result: dict) -> str:
         "milliseconds are those of a shared machine and the ratio is of two timings under "
         "the same load (scikit-learn's BLAS may suffer more from it than the Gibbs sweep).",
         "",
-        "| chains | ms per sweep and chain | × one MU iteration | first call s |",
-        "|---|---|---|---|",
-        *(f"| {r['chains']} | {r['sweep_ms']:.1f} | {r['ratio']:.1f} | {r['first_call_s']:.1f} |"
+        "| sweep | chains | ms per sweep and chain | × one MU iteration | first call s |",
+        "|---|---|---|---|---|",
+        *(f"| {r['sweep']} | {r['chains']} | {r['sweep_ms']:.1f} | {r['ratio']:.1f} | "
+          f"{r['first_call_s']:.1f} |"
           for r in result["rows"]),
         "",
     ]

@@ -290,7 +290,11 @@ def test_same_seed_same_draws():
     a, b = bnmf.fit(X, 2, **opts), bnmf.fit(X, 2, **opts)
     np.testing.assert_array_equal(a.idata.posterior["H"].values, b.idata.posterior["H"].values)
     assert a.info["block_moves"] is True  # on by default for dense counts
-    assert a.info["orbit_moves"] is True
+    assert a.info["orbit_moves"] is False
+    c, d = (bnmf.fit(X, 2, **opts, orbit_moves=True) for _ in range(2))
+    np.testing.assert_array_equal(c.idata.posterior["W"].values, d.idata.posterior["W"].values)
+    assert c.info["orbit_moves"] is True
+    assert not np.array_equal(c.idata.posterior["W"].values, a.idata.posterior["W"].values)
 
 
 # ------------------------------------------------------------------------ block moves

@@ -234,7 +234,7 @@ def fit_gibbs(
     thin: int = 1,
     max_tokens: int = MAX_TOKENS,
     block_moves: bool | None = None,
-    orbit_moves: bool = True,
+    orbit_moves: bool = False,
     progress: bool | None = None,
 ) -> RawPosterior:
     """Sample the posterior of the ``poisson`` or ``poisson-hierarchical`` model exactly, by
@@ -266,7 +266,11 @@ def fit_gibbs(
         the orbits of W H, which leave the likelihood unchanged, by exact slice draws
         (:mod:`bnmf.inference.gibbs_orbit`): without them the learned rates hardly move and
         chains stay put on the ridge of near-equal W H that dense parts and mixed activities
-        make. Any input; none when W is fixed (``info["orbit_moves"]``).
+        make. Any input; none when W is fixed (``info["orbit_moves"]``). Off by default: they
+        lifted ESS at 96 × 300 (the module's docstring) and kept coverage on data from the
+        prior at 96 × 600 (0.88–0.91 of W), but one 96 × 600 rank 6 fit of flat Dirichlet(1.5)
+        parts had not finished after 56 minutes on 2 busy cores, against 3–4 minutes without
+        them (not yet diagnosed; ``experiments/results/calibration_gibbs.md``).
 
     Returns
     -------
