@@ -19,14 +19,15 @@ leaves the posterior π exactly invariant, and only the prior enters.
   with learned rates integrated out (:func:`scale_log_density`, log-concave in t): a slice
   draw with stepping out, then W's rates from their conditional.
 
-Why (``experiments/gibbs_mixing_diag.py --generator dir1.5-flat --size 96x300x6 --depth``,
-4 chains × 300 draws after 300, with and without ``--no-orbit-moves``): with flat parts and mixed activities the posterior is a long ridge of
-near-equal W H that conditionals holding one factor fixed travel slowly; median bulk ESS of
-normalized W 21 → 74 with the shears, R-hat ≤ 1.01 for 0.2% → 8% of entries. The rates b
-move with a component's scale, which the conditionals hold still: their ESS was 5–6 of 1,200
-draws, 480–630 with the rescalings. Cost O((n_features + n_samples) · rank²) a sweep, small
-beside the latent counts. On sparse parts the non-negativity keeps the shear orbits short and
-they change little (median ESS 509 vs 513 at 96 × 300 rank 6, Dirichlet(0.5) parts).
+Why (``experiments/gibbs_mixing_diag.py --generator dir1.5-flat --size 96x300x6 --depth``, 4
+chains × 300 draws after 300, with and without ``--no-orbit-moves``): with flat parts and mixed
+activities the posterior is a long ridge of near-equal W H that conditionals holding one factor
+fixed travel slowly; median bulk ESS of normalized W 21 → 74 with the shears, R-hat ≤ 1.01 for
+0.2% → 8% of entries. The rates b move with a component's scale, which the conditionals hold
+still: their ESS was 5–6 of 1,200 draws, 480–630 with the rescalings. Cost O((n_features +
+n_samples) · rank²) a sweep, small beside the latent counts. On sparse parts the non-negativity
+keeps the shear orbits short and they change little (median ESS 509 vs 513 at 96 × 300 rank 6,
+Dirichlet(0.5) parts).
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ from .gibbs_poisson import log_gamma_draw
 # Shrinkage steps of one slice draw: the bracket at least halves in expectation per rejected
 # point, so after this many it is below float precision and the draw ends where it began.
 MAX_SHRINK = 60
+
+
+def shrink_slice(log_pi, level, lo, hi, key, dtype):
+    """The shrinkage stage of a slice draw around the current point 0 (Neal 2003): uniform
+    proposals in (lo, hi), the bracket shrunk to each rejected one, until one lies above
+    ``level``; 0 (stay) if none did within :data:`MAX_SHRINK` tries."""
+    def proposal(carry):
+        i, lo, hi, _, _ = carry
+        x = jax.random.uniform(jax.random.fold_in(key, i), (), dtype, lo, hi)
+        accepted = log_pi(x) > level
+        lo = jnp.where(~accepted & (x < 0), x, lo)
+        hi = jnp.where(~accepted & (x >= 0), x, hi)
+        return i + 1, lo, hi, x, accepted
+
+    def searching(carry):
+        i, _, _, _, accepted = carry
+        return ~accepted & (i < MAX_SHRINK)
+
+    start = (0, lo, hi, jnp.zeros((), dtype), jnp.zeros((), bool))
+    _, _, _, x, accepted = jax.lax.while_loop(searching, proposal, start)
+    return jnp.where(accepted, x, jnp.zeros((), dtype))
 
 
 def log_shift(log_a, log_b, eps):
@@ -84,32 +106,18 @@ def slice_shear(key, logW_k, logW_l, logH_k, logH_l, a_l, b_l, a_k, b_k):
     k_level, k_draws = jax.random.split(key)
     level = log_pi(jnp.zeros((), dtype)) - jax.random.exponential(k_level, (), dtype)
 
-    def proposal(carry):
-        i, lo, hi, _, _ = carry
-        eps = jax.random.uniform(jax.random.fold_in(k_draws, i), (), dtype, lo, hi)
-        accepted = log_pi(eps) > level
-        lo = jnp.where(~accepted & (eps < 0), eps, lo)
-        hi = jnp.where(~accepted & (eps >= 0), eps, hi)
-        return i + 1, lo, hi, eps, accepted
-
-    def searching(carry):
-        i, _, _, _, accepted = carry
-        return ~accepted & (i < MAX_SHRINK)
-
-    start = (0, lo, hi, jnp.zeros((), dtype), jnp.zeros((), bool))
-    _, _, _, eps, accepted = jax.lax.while_loop(searching, proposal, start)
-    return jnp.where(accepted, eps, jnp.zeros((), dtype))
+    return shrink_slice(log_pi, level, lo, hi, k_draws, dtype)
 
 
-def _shear_pairs(key, logW, logH, a_W, b_W, a_H, b_H, k, l):
-    """Shear every pair (k[m], l[m]) at once (all indices distinct): logW (n_features, rank),
+def _shear_pairs(key, logW, logH, a_W, b_W, a_H, b_H, k, m):
+    """Shear every pair (k[i], m[i]) at once (all indices distinct): logW (n_features, rank),
     logH (rank, n_samples) -> new logW, logH."""
     keys = jax.random.split(key, k.shape[0])
-    Wk, Wl, Hk, Hl = logW[:, k].T, logW[:, l].T, logH[k], logH[l]
-    eps = jax.vmap(slice_shear)(keys, Wk, Wl, Hk, Hl, a_W[l], b_W[l], a_H[k], b_H[k])
+    Wk, Wl, Hk, Hl = logW[:, k].T, logW[:, m].T, logH[k], logH[m]
+    eps = jax.vmap(slice_shear)(keys, Wk, Wl, Hk, Hl, a_W[m], b_W[m], a_H[k], b_H[k])
     new_Wl = jax.vmap(log_shift)(Wl, Wk, eps)
     new_Hk = jax.vmap(log_shift)(Hk, Hl, -eps)
-    return logW.at[:, l].set(new_Wl.T), logH.at[k].set(new_Hk)
+    return logW.at[:, m].set(new_Wl.T), logH.at[k].set(new_Hk)
 
 
 def shear_moves(key, logW, logH, a_W, b_W, a_H, b_H):
@@ -181,21 +189,7 @@ def slice_stepping_out(key, log_pi, width):
     lo = jax.lax.while_loop(outside, step(-1.0), (lo, left))[0]
     hi = jax.lax.while_loop(outside, step(1.0), (hi, right))[0]
 
-    def proposal(carry):
-        i, lo, hi, _, _ = carry
-        x = jax.random.uniform(jax.random.fold_in(k_draws, i), (), dtype, lo, hi)
-        accepted = log_pi(x) > level
-        lo = jnp.where(~accepted & (x < 0), x, lo)
-        hi = jnp.where(~accepted & (x >= 0), x, hi)
-        return i + 1, lo, hi, x, accepted
-
-    def searching(carry):
-        i, _, _, _, accepted = carry
-        return ~accepted & (i < MAX_SHRINK)
-
-    start = (0, lo, hi, jnp.zeros((), dtype), jnp.zeros((), bool))
-    _, _, _, x, accepted = jax.lax.while_loop(searching, proposal, start)
-    return jnp.where(accepted, x, jnp.zeros((), dtype))
+    return shrink_slice(log_pi, level, lo, hi, k_draws, dtype)
 
 
 def scale_moves(key, logW, logH, a_W, b_W, a_H, b_H, log_depth, prior_W, prior_H,
