@@ -132,7 +132,9 @@ def default_method(model, shape: tuple[int, int], rank: int, options: dict,
     measured (``nuts_calibrated``: ``poisson``, ``gaussian``, ``poisson-hierarchical``). Above
     that, the exact Gibbs sampler where the model has one (``poisson``,
     ``poisson-hierarchical``: :func:`bnmf.inference.gibbs.fit_gibbs`; ``gaussian``:
-    :func:`bnmf.inference.gibbs_gaussian.fit_gaussian_gibbs`); otherwise the fastest
+    :func:`bnmf.inference.gibbs_gaussian.fit_gaussian_gibbs`; ``negbin``, at every size since
+    its NUTS calibration was not measured: :func:`bnmf.inference.gibbs_negbin.fit_negbin_gibbs`;
+    ``ard``, ``refit``); otherwise the fastest
     variational posterior: closed-form CAVI where the model has it (the conjugate ``poisson``
     model; when options only CAVI accepts are given, e.g. ``batch_size``), SVI for the others;
     their intervals are narrower than calibrated.

@@ -9,12 +9,15 @@ Generators (W columns Dirichlet over features, X ~ Poisson(W H)):
   log-normal around 1,000 counts per sample;
 * ``dir0.5-gamma``: Dirichlet(0.5) parts, gamma(0.8) exposures, 1,000 counts per sample;
 * ``dir1.5-flat``: flat parts Dirichlet(1.5), shares Dirichlet(3), totals log-uniform in
-  100–100,000 counts per sample.
+  100–100,000 counts per sample;
+* ``nb-dir0.5``: as ``dir0.5-gamma`` but overdispersed, X ~ NB(W H, φ) with φ per feature
+  log-uniform in 2–50 (the generator of ``experiments/negbin.py``).
 
 Methods: ``gibbs`` (model ``poisson``, data-set rates, shape 1), ``gibbs-hier`` (model
 ``poisson-hierarchical``: shapes and rates learned per component; bnmf.fit's default),
 ``gibbs-hier-orbit`` (the same with ``orbit_moves=True``), ``gibbs-hier-depth`` (the same
-model with ``depth=True`` and orbit moves) and ``cavi`` (the fast
+model with ``depth=True`` and orbit moves), ``gibbs-negbin`` (model ``negbin``, its
+gamma–Poisson Gibbs sampler) and ``cavi`` (the fast
 approximation, for comparison). Run from the repository root (the machine is shared: nice)::
 
     nice -n 15 python experiments/calibration_gibbs.py --sizes 96x600x6 --replicates 1 \\
@@ -44,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _markdown import markdown_table
 
 PROBS = (0.5, 0.9)
-GENERATORS = ("gamma-prior", "dir0.1-skewed", "dir0.5-gamma", "dir1.5-flat")
+GENERATORS = ("gamma-prior", "dir0.1-skewed", "dir0.5-gamma", "dir1.5-flat", "nb-dir0.5")
 METHODS = {
     "gibbs": {"method": "gibbs"},
     "gibbs-hier": {"method": "gibbs", "model": "poisson-hierarchical"},
@@ -52,6 +55,7 @@ METHODS = {
                          "orbit_moves": True},
     "gibbs-hier-depth": {"method": "gibbs", "model": HierarchicalPoissonGamma(depth=True),
                          "orbit_moves": True},
+    "gibbs-negbin": {"method": "gibbs", "model": "negbin"},
     "cavi": {"method": "cavi"},
 }
 # bnmf.fit's defaults for method="gibbs", spelled out so the report states them
@@ -61,7 +65,7 @@ GIBBS_OPTIONS = {"num_chains": 4, "num_warmup": 500, "num_samples": 500}
 def simulate(generator: str, F: int, N: int, K: int, seed: int):
     """(X, W, H, model options) with W, H in bnmf's scale convention."""
     rng = np.random.default_rng(seed)
-    options = {}
+    options, phi = {}, None
     if generator == "gamma-prior":
         rate = 1.0 / np.sqrt(10.0 / K)
         W = rng.gamma(1.0, 1.0 / rate, (F, K))
@@ -76,9 +80,14 @@ def simulate(generator: str, F: int, N: int, K: int, seed: int):
     elif generator == "dir1.5-flat":
         W = rng.dirichlet(np.full(F, 1.5), K).T
         H = rng.dirichlet(np.full(K, 3.0), N).T * np.exp(rng.uniform(np.log(100), np.log(1e5), N))
+    elif generator == "nb-dir0.5":
+        W = rng.dirichlet(np.full(F, 0.5), K).T
+        H = rng.gamma(0.8, 1000.0 / (0.8 * K), (K, N))
+        phi = np.exp(rng.uniform(np.log(2.0), np.log(50.0), F))[:, None]
     else:
         raise ValueError(generator)
-    X = rng.poisson(W @ H).astype(float)
+    mean = W @ H if phi is None else rng.gamma(phi, W @ H / phi)  # NB: gamma–Poisson mixture
+    X = rng.poisson(mean).astype(float)
     W, H = normalize(W, H)
     return X, W, H, options
 
@@ -107,7 +116,7 @@ def run(sizes, replicates, csv: Path, generators=GENERATORS, methods=tuple(METHO
                 for label in methods:
                     spec = METHODS[label]
                     options = dict(spec)
-                    if not label.startswith("gibbs-hier"):
+                    if label in ("gibbs", "cavi"):  # the poisson model's own prior
                         options.update(model_options)
                     if options["method"] == "gibbs":
                         options.update(GIBBS_OPTIONS)

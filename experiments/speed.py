@@ -1141,11 +1141,14 @@ def report(results: list, command: str, total_seconds: float, max_iter: int,
 # The sweeps timed by --gibbs: (label, model, gibbs_step flags). "latent counts" is the
 # split of every count with W and H from their gamma conditionals; "default" is what
 # bnmf.fit(X, rank, method="gibbs") runs on dense counts (learned shapes and rates, block
-# moves, orbit moves).
+# moves); "orbit moves" adds the option orbit_moves=True.
 GIBBS_SWEEPS = (
     ("latent counts (poisson)", bnmf.models.PoissonGamma(a=1.0, rate_W=1.0, rate_H=1.0),
      {"learn": False, "sample_W": True, "block": False, "orbit": False}),
-    ("default (poisson-hierarchical, block and orbit moves)",
+    ("default (poisson-hierarchical, block moves)",
+     bnmf.models.HierarchicalPoissonGamma(rate_rate_W=1.0, rate_rate_H=1.0),
+     {"learn": True, "sample_W": True, "block": True, "orbit": False}),
+    ("default with orbit_moves=True",
      bnmf.models.HierarchicalPoissonGamma(rate_rate_W=1.0, rate_rate_H=1.0),
      {"learn": True, "sample_W": True, "block": True, "orbit": True}),
 )
@@ -1222,8 +1225,8 @@ def gibbs_section(result: dict) -> str:
         f"`python experiments/speed.py --gibbs`: one sweep of `method=\"gibbs\"` "
         "(*latent counts*: `model=\"poisson\"`, the split of every count, W and H from their "
         "gamma conditionals; *default*: what `bnmf.fit(X, rank, method=\"gibbs\")` runs on "
-        "dense counts, `model=\"poisson-hierarchical\"` with its shapes and rates, block "
-        f"moves and orbit moves) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
+        "dense counts, `model=\"poisson-hierarchical\"` with its shapes and rates and block "
+        f"moves; and the same with `orbit_moves=True`) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
         f"non-zero entries ({result['token_slots']:,} token slots), float32, against one "
         "scikit-learn MU/KL iteration on the same X measured between the Gibbs calls (best of "
         f"3 each): {result['sklearn_mu_iteration_ms']:.1f} ms. Per sweep and chain, warm; "

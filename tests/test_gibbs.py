@@ -264,7 +264,7 @@ def test_no_nan_on_sparse_parts_at_any_depth(depth, dtype):
 def test_gibbs_refuses_other_models_and_bad_options():
     X = np.random.default_rng(0).poisson(3.0, (10, 8))
     with pytest.raises(ValueError, match="has no method='gibbs'.*supports method="):
-        bnmf.fit(X, 2, model="negbin", method="gibbs")
+        bnmf.fit(X, 2, model="horseshoe", method="gibbs")
     with pytest.raises(ValueError, match="num_chains must be a positive integer"):
         bnmf.fit(X, 2, method="gibbs", num_chains=0)
     with pytest.raises(ValueError, match="non-negative integers"):

@@ -1,6 +1,7 @@
 """Inference: pure functions from (problem, options, seed) to raw draws and traces."""
 
 from . import gibbs_gaussian as _gibbs_gaussian  # noqa: F401 (registers its Gibbs sampler)
+from . import gibbs_negbin as _gibbs_negbin  # noqa: F401 (registers its Gibbs sampler)
 from . import gibbs_refit as _gibbs_refit  # noqa: F401 (registers the refit Gibbs sampler)
 from .cavi import fit_cavi
 from .common import Problem, RawPosterior

@@ -138,20 +138,25 @@ def over_chains(fn, states):
     return jax.vmap(fn)(states)
 
 
-@partial(jax.jit, static_argnames=("learn", "sample_W", "block", "orbit"))
-def _draws(states, data, thin, *, learn, sample_W, block, orbit):
-    """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
-    with draws a GibbsState batched (chain, draw), keys left out."""
-    step = partial(gibbs_step, data=data, learn=learn, sample_W=sample_W, block=block,
-                   orbit=orbit)
-
+def thinned_draws(sweep, states, thin):
+    """:data:`CHUNK` draws of every chain (``states`` with a leading chain axis, run by
+    :func:`over_chains`), ``thin`` (traced) ``sweep``s apart: (states, draws), the draws
+    batched (chain, draw) with their keys left out. For use inside a jitted chunk."""
     def one(state):
         def draw(s, _):
-            s = jax.lax.fori_loop(0, thin, lambda _, x: step(x), s)
+            s = jax.lax.fori_loop(0, thin, lambda _, x: sweep(x), s)
             return s, s._replace(key=jnp.zeros((), jnp.uint32))
         return jax.lax.scan(draw, state, None, length=CHUNK)
 
     return over_chains(one, states)
+
+
+@partial(jax.jit, static_argnames=("learn", "sample_W", "block", "orbit"))
+def _draws(states, data, thin, *, learn, sample_W, block, orbit):
+    """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws)
+    with draws a GibbsState batched (chain, draw), keys left out."""
+    return thinned_draws(partial(gibbs_step, data=data, learn=learn, sample_W=sample_W,
+                                 block=block, orbit=orbit), states, thin)
 
 
 def _entries(problem: Problem):
@@ -204,6 +209,44 @@ def chain_starts(problem: Problem, num_chains: int, init: str, seed: int, max_it
         Ws.append(np.asarray(run.draws["W"][0, 0]))
         Hs.append(np.asarray(run.draws["H"][0, 0]))
     return Ws, Hs
+
+
+def map_starts(problem: Problem, num_chains: int, init: str, seed: int, map_iter: int,
+               names: tuple) -> tuple[list, list]:
+    """Each chain's start from a MAP fit of the model itself (the first from ``init``, the
+    others from seeded random starts): a list of ``{name: array}`` for the sites ``names``,
+    and the updates each fit ran."""
+    starts, iterations = [], []
+    for c in range(num_chains):
+        run = fit_map(problem, init=init if c == 0 else "random", seed=seed + c,
+                      max_iter=map_iter, progress=False)
+        starts.append({name: np.asarray(run.draws[name][0, 0]) for name in names})
+        iterations.append(int(run.info["iterations"]))
+    return starts, iterations
+
+
+def sample_in_chunks(chunk, states, num_warmup: int, num_samples: int, thin: int, bar,
+                     names: tuple):
+    """Run a sampler's compiled ``chunk(states, thin) -> (states, draws)`` (:data:`CHUNK`
+    draws of every chain): burn-in through the same program (whole chunks, so ``num_warmup``
+    is rounded up to a multiple of CHUNK), then ``num_samples`` draws ``thin`` sweeps apart.
+    Returns (states, warm-up sweeps run, ``{name: host array (chain, num_samples, ...)}`` of
+    the draws' fields ``names``), advancing the progress ``bar``."""
+    done = 0
+    while done < num_warmup:
+        states, _ = chunk(states, 1)
+        done += CHUNK
+        bar.update(CHUNK)
+    chunks, kept = [], 0
+    while kept < num_samples:  # whole chunks of draws; the last one's surplus is dropped
+        states, draws = chunk(states, thin)
+        n = min(CHUNK, num_samples - kept)
+        chunks.append({name: np.asarray(getattr(draws, name)[:, :n]) for name in names})
+        kept += n
+        bar.update(n * thin)
+    bar.close()
+    return states, done, {name: np.concatenate([c[name] for c in chunks], axis=1)
+                          for name in names}
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -305,24 +348,9 @@ def fit_gibbs(
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps", progress)
     flags = {"learn": learn, "sample_W": sample_W, "block": block, "orbit": orbit_moves}
-    # burn-in through the same compiled program as the draws (one compilation, not two):
-    # whole chunks of CHUNK sweeps, so num_warmup is rounded up to a multiple of CHUNK
-    done = 0
-    while done < num_warmup:
-        states, _ = _draws(states, data, 1, **flags)
-        done += CHUNK
-        bar.update(CHUNK)
-    chunks = []
-    kept = 0
-    while kept < num_samples:  # whole chunks of draws; the last one's surplus is dropped
-        states, draws = _draws(states, data, thin, **flags)
-        n = min(CHUNK, num_samples - kept)
-        chunks.append(jax.tree.map(lambda x, n=n: np.asarray(x[:, :n]), draws))
-        kept += n
-        bar.update(n * thin)
-    bar.close()
-    joined = {name: np.concatenate([getattr(c, name) for c in chunks], axis=1)
-              for name in ("logW", "logH", "a_W", "b_W", "a_H", "b_H")}
+    states, done, joined = sample_in_chunks(
+        lambda states, thin: _draws(states, data, thin, **flags), states, num_warmup,
+        num_samples, thin, bar, ("logW", "logH", "a_W", "b_W", "a_H", "b_H"))
     draws = {"W": np.exp(joined["logW"]), "H": np.exp(joined["logH"])}
     if learn:
         names = ("a_H", "b_H") if not sample_W else ("a_W", "b_W", "a_H", "b_H")

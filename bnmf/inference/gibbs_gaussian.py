@@ -32,8 +32,7 @@ from ..data import transposed
 from ..models.base import register_capability
 from ..models.gaussian import GaussianHalfNormal, residual_sq_norm
 from .common import Problem, RawPosterior, key_from_seed, progress_bar
-from .gibbs import CHUNK, _check_count, over_chains
-from .map import fit_map
+from .gibbs import CHUNK, _check_count, map_starts, sample_in_chunks, thinned_draws
 
 __all__ = ["GaussianGibbsData", "GaussianGibbsState", "fit_gaussian_gibbs", "gaussian_sweep",
            "interval_normal", "positive_normal", "scale_moves", "shear_moves",
@@ -369,30 +368,11 @@ def _sweep(state, data, model, sample_W, orbit):
 def _chunk(states, data, model, thin, *, sample_W, orbit):
     """:data:`CHUNK` draws of every chain, ``thin`` (traced) sweeps apart: (states, draws),
     keys left out of the draws."""
-    def one(state):
-        def draw(s, _):
-            sweep = partial(gaussian_sweep, data=data, model=model, sample_W=sample_W,
-                            orbit=orbit)
-            s = jax.lax.fori_loop(0, thin, lambda _, x: sweep(x), s)
-            return s, s._replace(key=jnp.zeros((), jnp.uint32))
-        return jax.lax.scan(draw, state, None, length=CHUNK)
-
-    return over_chains(one, states)
+    return thinned_draws(partial(gaussian_sweep, data=data, model=model, sample_W=sample_W,
+                                 orbit=orbit), states, thin)
 
 
 # ------------------------------------------------------------------------------ the driver
-def _map_starts(problem: Problem, num_chains: int, init: str, seed: int, map_iter: int):
-    """W, H, σ of each chain: MAP fits of the model itself (the first from ``init``, the
-    others from seeded random starts), and the updates each ran."""
-    starts, iterations = [], []
-    for c in range(num_chains):
-        run = fit_map(problem, init=init if c == 0 else "random", seed=seed + c,
-                      max_iter=map_iter, progress=False)
-        starts.append({name: np.asarray(run.draws[name][0, 0]) for name in ("W", "H", "sigma")})
-        iterations.append(int(run.info["iterations"]))
-    return starts, iterations
-
-
 def fit_gaussian_gibbs(
     problem: Problem,
     *,
@@ -453,7 +433,8 @@ def fit_gaussian_gibbs(
         raise ValueError(f"orbit_moves must be True or False, got {orbit_moves!r}.")  # noqa: TRY004
     flags = {"sample_W": sample_W, "orbit": orbit_moves and sample_W}
 
-    starts, map_iterations = _map_starts(problem, num_chains, init, seed, map_iter)
+    starts, map_iterations = map_starts(problem, num_chains, init, seed, map_iter,
+                                        ("W", "H", "sigma"))
     keys = jax.random.split(key_from_seed(seed), num_chains)
     tiny = np.finfo(np.dtype(dtype)).tiny
     states = GaussianGibbsState(
@@ -466,28 +447,15 @@ def fit_gaussian_gibbs(
         states = states._replace(W=jnp.broadcast_to(W, states.W.shape))
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps (gaussian)", progress)
-    done = 0
-    while done < num_warmup:
-        states, _ = _chunk(states, data, model, 1, **flags)
-        done += CHUNK
-        bar.update(CHUNK)
-    accepted_before = np.asarray(states.accepted)
-    chunks, kept = [], 0
-    while kept < num_samples:
-        states, draws = _chunk(states, data, model, thin, **flags)
-        n = min(CHUNK, num_samples - kept)
-        chunks.append({name: np.asarray(getattr(draws, name)[:, :n])
-                       for name in ("W", "H", "sigma")})
-        kept += n
-        bar.update(n * thin)
-    bar.close()
-    draws = {name: np.concatenate([c[name] for c in chunks], axis=1)
-             for name in ("W", "H", "sigma")}
+    states, done, draws = sample_in_chunks(
+        lambda states, thin: _chunk(states, data, model, thin, **flags), states, num_warmup,
+        num_samples, thin, bar, ("W", "H", "sigma"))
     if not sample_W:
         W = np.asarray(problem.W_fixed)
         draws["W"] = np.broadcast_to(W, draws["H"].shape[:2] + W.shape).copy()
-    sweeps = len(chunks) * CHUNK * thin
-    acceptance = (np.asarray(states.accepted) - accepted_before) / (sweeps * SIGMA_STEPS)
+    # σ's acceptance over every sweep run, burn-in included (the state counts from 0)
+    sweeps = done + -(-num_samples // CHUNK) * CHUNK * thin
+    acceptance = np.asarray(states.accepted) / (sweeps * SIGMA_STEPS)
     info = {"algorithm": "gibbs", "sampler": "gaussian-truncated-normal",
             "num_chains": num_chains, "num_warmup": done, "num_samples": num_samples,
             "thin": thin, "masked": data.M is not None, "sample_W": sample_W,

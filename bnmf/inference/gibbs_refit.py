@@ -29,7 +29,7 @@ from ..models.refit import (
     share_log_conditional,
 )
 from .common import Problem, RawPosterior, key_from_seed, progress_bar
-from .gibbs import CHUNK, _check_count, _entries
+from .gibbs import CHUNK, _check_count, _entries, sample_in_chunks
 from .gibbs_poisson import (
     SHAPE_PROPOSAL,
     SHAPE_STEPS,
@@ -187,21 +187,9 @@ def fit_refit_gibbs(
     states = states._replace(key=keys)
 
     bar = progress_bar(num_warmup + num_samples * thin, "Gibbs sweeps (refit)", progress)
-    done = 0
-    while done < num_warmup:
-        states, _ = _chunk(states, data, model, 1)
-        done += CHUNK
-        bar.update(CHUNK)
-    chunks, kept = [], 0
-    while kept < num_samples:
-        states, draws = _chunk(states, data, model, thin)
-        n = min(CHUNK, num_samples - kept)
-        chunks.append(jax.tree.map(lambda x, n=n: np.asarray(x[:, :n]), draws))
-        kept += n
-        bar.update(n * thin)
-    bar.close()
-    joined = {name: np.concatenate([getattr(c, name) for c in chunks], axis=1)
-              for name in ("logH", "share", "shape")}
+    states, done, joined = sample_in_chunks(
+        lambda states, thin: _chunk(states, data, model, thin), states, num_warmup,
+        num_samples, thin, bar, ("logH", "share", "shape"))
     H = np.exp(joined["logH"])
     W_np = np.asarray(problem.W_fixed)
     draws = {"H": H, "share": joined["share"], "shape": joined["shape"],

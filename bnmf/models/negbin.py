@@ -19,6 +19,11 @@ updates that never increase the negative log joint::
 the same for H. φ has no closed form: each group (feature, sample, or the single shared φ) is
 separable given W, H, and gets a safeguarded Newton step in log φ that is kept only where it
 lowers that group's objective, so the whole update stays monotone.
+
+Exact posterior draws (``method="gibbs"``, the ``"gibbs_sweep"`` capability registered in
+:mod:`bnmf.inference.gibbs_negbin`): the same mixture with a multiplier g_ij per entry makes
+every conditional a known law given g (Poisson–gamma NMF with entries weighted by g), and φ is
+drawn with g integrated out by a slice draw of :func:`dispersion_objective`.
 """
 
 from __future__ import annotations
