@@ -1207,6 +1207,7 @@ def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 1
                 warm.append((time.perf_counter() - start) / CHUNK / n_chains)
             rows.append({"sweep": label, "chains": n_chains, "first_call_s": first,
                          "sweep_ms": 1e3 * min(warm)})
+    rows += _time_negbin_sweeps(X, W, H, chains, repeats, mu, mu_iteration)
     mu_ms = 1e3 * min(mu)
     for row in rows:
         row["ratio"] = row["sweep_ms"] / mu_ms
@@ -1214,6 +1215,42 @@ def time_gibbs_sweeps(n_features: int = 96, n_samples: int = 2000, rank: int = 1
             "nnz": int((X > 0).sum()), "token_slots": int(data.alloc.tokens.entry.size
                                                            * data.alloc.tokens.slots.size),
             "sklearn_mu_iteration_ms": mu_ms, "load": os.getloadavg(), "rows": rows}
+
+
+def _time_negbin_sweeps(X, W, H, chains, repeats, mu, mu_iteration) -> list[dict]:
+    """The ``negbin`` sampler's default sweep (φ per feature, block moves) on the same X, as
+    :func:`time_gibbs_sweeps` times the others (scikit-learn iterations appended to ``mu``)."""
+    import jax.numpy as jnp
+
+    from bnmf.inference.common import Problem
+    from bnmf.inference.gibbs import CHUNK, _entries
+    from bnmf.inference.gibbs_negbin import NegBinGibbsData, NegBinGibbsState, _chunk
+    from bnmf.inference.gibbs_poisson import allocation
+
+    model = bnmf.models.NegativeBinomial(rate_W=1.0, rate_H=1.0, phi_rate=1e-3)
+    Xj = jnp.asarray(X)
+    problem = Problem(Xj, jnp.ones(X.shape, bool), W.shape[1], model)
+    data = NegBinGibbsData(allocation(*_entries(problem), jnp.float32), Xj,
+                           jnp.ones(X.shape, bool))
+    rows = []
+    for n_chains in chains:
+        states = NegBinGibbsState(
+            jnp.log(jnp.broadcast_to(jnp.asarray(W, jnp.float32), (n_chains,) + W.shape)),
+            jnp.log(jnp.broadcast_to(jnp.asarray(H, jnp.float32), (n_chains,) + H.shape)),
+            jnp.full((n_chains, X.shape[0]), 10.0, jnp.float32),
+            jax.random.split(jax.random.PRNGKey(0), n_chains))
+        start = time.perf_counter()
+        jax.block_until_ready(_chunk(states, data, model, 1, sample_W=True, block=True))
+        first = time.perf_counter() - start
+        warm = []
+        for _ in range(repeats):
+            mu.append(mu_iteration())
+            start = time.perf_counter()
+            jax.block_until_ready(_chunk(states, data, model, 1, sample_W=True, block=True))
+            warm.append((time.perf_counter() - start) / CHUNK / n_chains)
+        rows.append({"sweep": "negbin (φ per feature, block moves)", "chains": n_chains,
+                     "first_call_s": first, "sweep_ms": 1e3 * min(warm)})
+    return rows
 
 
 def gibbs_section(result: dict) -> str:
@@ -1226,7 +1263,7 @@ def gibbs_section(result: dict) -> str:
         "(*latent counts*: `model=\"poisson\"`, the split of every count, W and H from their "
         "gamma conditionals; *default*: what `bnmf.fit(X, rank, method=\"gibbs\")` runs on "
         "dense counts, `model=\"poisson-hierarchical\"` with its shapes and rates and block "
-        f"moves; and the same with `orbit_moves=True`) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
+        f"moves; the same with `orbit_moves=True`; and `model=\"negbin\"`'s sweep, φ per feature, with its block moves) at {result['size']}, {result['counts']:,} counts, {result['nnz']:,} "
         f"non-zero entries ({result['token_slots']:,} token slots), float32, against one "
         "scikit-learn MU/KL iteration on the same X measured between the Gibbs calls (best of "
         f"3 each): {result['sklearn_mu_iteration_ms']:.1f} ms. Per sweep and chain, warm; "
