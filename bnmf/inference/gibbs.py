@@ -255,6 +255,13 @@ def _check_count(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def check_chain_counts(num_warmup, num_samples, num_chains, thin) -> tuple[int, int, int, int]:
+    """The sampler options every Gibbs driver takes, checked (``num_warmup`` ≥ 0, the others
+    ≥ 1, integers, not bools) and returned as ints in the same order."""
+    return (_check_count("num_warmup", num_warmup, 0), _check_count("num_samples", num_samples, 1),
+            _check_count("num_chains", num_chains, 1), _check_count("thin", thin, 1))
+
+
 def _block_moves(block_moves: bool | None, counts) -> bool:
     """Whether the sweep makes the block moves: ``None`` where the counts are dense."""
     if block_moves not in (None, True, False):
@@ -321,10 +328,8 @@ def fit_gibbs(
     model, ``a_W``, ``b_W``, ``a_H``, ``b_H``; ``losses`` is empty.
     """
     learn = check_gibbs_problem(problem)
-    num_warmup = _check_count("num_warmup", num_warmup, 0)
-    num_samples = _check_count("num_samples", num_samples, 1)
-    num_chains = _check_count("num_chains", num_chains, 1)
-    thin = _check_count("thin", thin, 1)
+    num_warmup, num_samples, num_chains, thin = check_chain_counts(num_warmup, num_samples,
+                                                                   num_chains, thin)
     max_tokens = _check_count("max_tokens", max_tokens, 1)
     dtype = problem.X.dtype
     rows, cols, values = _entries(problem)

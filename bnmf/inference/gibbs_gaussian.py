@@ -32,7 +32,14 @@ from ..data import transposed
 from ..models.base import register_capability
 from ..models.gaussian import GaussianHalfNormal, residual_sq_norm
 from .common import Problem, RawPosterior, key_from_seed, progress_bar
-from .gibbs import CHUNK, _check_count, map_starts, sample_in_chunks, thinned_draws
+from .gibbs import (
+    CHUNK,
+    _check_count,
+    check_chain_counts,
+    map_starts,
+    sample_in_chunks,
+    thinned_draws,
+)
 
 __all__ = ["GaussianGibbsData", "GaussianGibbsState", "fit_gaussian_gibbs", "gaussian_sweep",
            "interval_normal", "positive_normal", "scale_moves", "shear_moves",
@@ -419,10 +426,8 @@ def fit_gaussian_gibbs(
     if problem.sparse:
         raise ValueError("method='gibbs' of model 'gaussian' needs dense X: pass a dense array "
                          "(e.g. X.toarray()), or use method='map'/'svi' for sparse input.")
-    num_warmup = _check_count("num_warmup", num_warmup, 0)
-    num_samples = _check_count("num_samples", num_samples, 1)
-    num_chains = _check_count("num_chains", num_chains, 1)
-    thin = _check_count("thin", thin, 1)
+    num_warmup, num_samples, num_chains, thin = check_chain_counts(num_warmup, num_samples,
+                                                                   num_chains, thin)
     map_iter = _check_count("map_iter", map_iter, 1)
     model, dtype = problem.model, problem.X.dtype
     data = gaussian_data(problem.X, problem.mask)

@@ -43,7 +43,14 @@ from ..models.negbin import (
     negbin_mean,
 )
 from .common import Problem, RawPosterior, floor_positive, key_from_seed, progress_bar
-from .gibbs import _check_count, _entries, map_starts, sample_in_chunks, thinned_draws
+from .gibbs import (
+    _check_count,
+    _entries,
+    check_chain_counts,
+    map_starts,
+    sample_in_chunks,
+    thinned_draws,
+)
 from .gibbs_block import block_update_H, block_update_W
 from .gibbs_orbit import slice_stepping_out
 from .gibbs_poisson import MAX_TOKENS, Allocation, allocation, latent_sums, log_gamma_draw
@@ -138,12 +145,10 @@ def negbin_sweep(state: NegBinGibbsState, data: NegBinGibbsData, model: Negative
         S_W, S_H = latent_sums(k_split, state.logW, state.logH, data.alloc)
         rank = state.logW.shape[1]
         dtype = state.logW.dtype
-        a = jnp.full((rank,), model.a, dtype)
+        a, b_W, b_H = (jnp.full((rank,), v, dtype) for v in (model.a, model.rate_W, model.rate_H))
         logW = state.logW
         if sample_W:
-            logW = gamma_update_W(k_W, state.logH, a, jnp.full((rank,), model.rate_W, dtype),
-                                  S_W, counts)
-        b_W, b_H = (jnp.full((rank,), rate, dtype) for rate in (model.rate_W, model.rate_H))
+            logW = gamma_update_W(k_W, state.logH, a, b_W, S_W, counts)
         logH = gamma_update_H(k_H, logW, a, b_H, S_H, counts)
         if block:
             pseudo, weight = block_pseudo_counts(data.X, data.M, g)
@@ -212,10 +217,8 @@ def fit_negbin_gibbs(
     if problem.sparse:
         raise ValueError("method='gibbs' of model 'negbin' needs dense X (its multipliers live "
                          "on every entry): pass a dense array (e.g. X.toarray()).")
-    num_warmup = _check_count("num_warmup", num_warmup, 0)
-    num_samples = _check_count("num_samples", num_samples, 1)
-    num_chains = _check_count("num_chains", num_chains, 1)
-    thin = _check_count("thin", thin, 1)
+    num_warmup, num_samples, num_chains, thin = check_chain_counts(num_warmup, num_samples,
+                                                                   num_chains, thin)
     max_tokens = _check_count("max_tokens", max_tokens, 1)
     map_iter = _check_count("map_iter", map_iter, 1)
     dtype = problem.X.dtype

@@ -29,7 +29,7 @@ from ..models.refit import (
     share_log_conditional,
 )
 from .common import Problem, RawPosterior, key_from_seed, progress_bar
-from .gibbs import CHUNK, _check_count, _entries, sample_in_chunks
+from .gibbs import CHUNK, _check_count, _entries, check_chain_counts, sample_in_chunks
 from .gibbs_poisson import (
     SHAPE_PROPOSAL,
     SHAPE_STEPS,
@@ -165,10 +165,8 @@ def fit_refit_gibbs(
                          f"{getattr(problem.model, 'name', problem.model)!r}.")
     if problem.sparse or problem.W_fixed is None:
         raise ValueError("the refit Gibbs sampler takes dense X and a fixed W (W_fixed).")
-    num_warmup = _check_count("num_warmup", num_warmup, 0)
-    num_samples = _check_count("num_samples", num_samples, 1)
-    num_chains = _check_count("num_chains", num_chains, 1)
-    thin = _check_count("thin", thin, 1)
+    num_warmup, num_samples, num_chains, thin = check_chain_counts(num_warmup, num_samples,
+                                                                   num_chains, thin)
     max_tokens = _check_count("max_tokens", max_tokens, 1)
     map_iter = _check_count("map_iter", map_iter, 1)
     model, dtype = problem.model, problem.X.dtype
